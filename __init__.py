@@ -1,0 +1,64 @@
+"""dynaccel: training-free dynamic inference acceleration, one line away.
+
+    import dynaccel
+    pipe.enable_accel("teacache", threshold=0.08)     # any diffusers pipeline, after `import dynaccel`
+    dynaccel.list_strategies()                         # ['easycache', 'fbcache', 'magcache', 'teacache', ...]
+
+Importing this package needs neither ComfyUI, Triton, diffusers nor a GPU. When the repo sits in ComfyUI's
+custom_nodes/ folder, ComfyUI imports this same file and finds ``NODE_CLASS_MAPPINGS``.
+"""
+
+from .core.api import (
+    accel_stats,
+    active_handles,
+    disable_accel,
+    enable_accel,
+    list_presets,
+    list_strategies,
+    strategy_info,
+)
+from .core.config import StrategyConfig, option
+from .core.errors import (
+    ConfigError,
+    DynaccelError,
+    StackingError,
+    UnknownStrategyError,
+    UnsupportedModelError,
+    UnsupportedTargetError,
+)
+from .core.hookspecs import hookimpl, hookspec
+from .core.presets import Preset
+from .core.strategy import Handle, Strategy
+from .hf_integration import diffusers_pipeline as _diffusers_pipeline
+
+__version__ = "0.1.0"
+
+_diffusers_pipeline.install()
+
+# ComfyUI entry points (empty until the node-pack issue; importing comfy_nodes never imports ComfyUI)
+from .comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+__all__ = [
+    "ConfigError",
+    "DynaccelError",
+    "Handle",
+    "NODE_CLASS_MAPPINGS",
+    "NODE_DISPLAY_NAME_MAPPINGS",
+    "Preset",
+    "StackingError",
+    "Strategy",
+    "StrategyConfig",
+    "UnknownStrategyError",
+    "UnsupportedModelError",
+    "UnsupportedTargetError",
+    "accel_stats",
+    "active_handles",
+    "disable_accel",
+    "enable_accel",
+    "hookimpl",
+    "hookspec",
+    "list_presets",
+    "list_strategies",
+    "option",
+    "strategy_info",
+]

@@ -1,0 +1,1 @@
+"""dynaccel core: plugin manager, strategy/config/handle types, model adapters, presets, public API, CLI."""

@@ -1,0 +1,119 @@
+"""Model adapters: where an architecture keeps its blocks, modulation and tokens.
+
+Strategies ask adapters, never model classes. An adapter class declares which models it handles
+(:meth:`ModelAdapter.matches`, usually by class name so that the library need not be imported) and what it can
+answer (``capabilities``). Third parties add architectures with the ``register_model_adapters`` hook.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+#: capability names used by the cache family
+BLOCKS = "blocks"  # ordered transformer blocks with their input/output layout
+MODULATED_INPUT = "modulated_input"  # block 0's timestep-modulated input (TeaCache signal)
+TEACACHE_PROFILE = "teacache_profile"  # which published TeaCache coefficients fit this model
+
+
+@dataclass
+class BlockSpec:
+    """One transformer block and how its hidden states go in and come out.
+
+    ``hidden_states_index`` / ``encoder_hidden_states_index`` give the positions in a tuple output; when
+    ``encoder_hidden_states_index`` is None and ``hidden_states_index`` is None, the block returns the hidden
+    states tensor alone.
+    """
+
+    module: torch.nn.Module
+    hidden_states_arg: str = "hidden_states"
+    encoder_hidden_states_arg: str | None = "encoder_hidden_states"
+    hidden_states_index: int | None = None
+    encoder_hidden_states_index: int | None = None
+
+    def __post_init__(self) -> None:
+        params = list(inspect.signature(self.module.forward).parameters)
+        self._positions = {p: i for i, p in enumerate(params)}
+
+    def get_arg(self, name: str | None, args: tuple, kwargs: dict) -> Any:
+        if name is None:
+            return None
+        if name in kwargs:
+            return kwargs[name]
+        pos = self._positions.get(name)
+        if pos is not None and pos < len(args):
+            return args[pos]
+        return None
+
+    def inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hs = self.get_arg(self.hidden_states_arg, args, kwargs)
+        enc = self.get_arg(self.encoder_hidden_states_arg, args, kwargs)
+        return hs, enc
+
+    def outputs(self, out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.hidden_states_index is None:
+            return out, None
+        enc = out[self.encoder_hidden_states_index] if self.encoder_hidden_states_index is not None else None
+        return out[self.hidden_states_index], enc
+
+    def pack(self, hs: torch.Tensor, enc: torch.Tensor | None) -> Any:
+        """Build an output in this block's format from hidden states (and encoder hidden states)."""
+        if self.hidden_states_index is None:
+            return hs
+        size = 1 + (self.encoder_hidden_states_index is not None)
+        out: list[Any] = [None] * max(size, self.hidden_states_index + 1)
+        out[self.hidden_states_index] = hs
+        if self.encoder_hidden_states_index is not None:
+            out[self.encoder_hidden_states_index] = enc
+        return tuple(out)
+
+
+class ModelAdapter:
+    """Base class of adapters. One instance wraps one model."""
+
+    #: short unique name, e.g. "diffusers-wan"
+    name: ClassVar[str]
+    #: the architectures it covers, as users know them (used in error messages and listings)
+    architectures: ClassVar[tuple[str, ...]]
+    #: which questions it can answer (see the capability names in this module)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        raise NotImplementedError
+
+    def attach(self) -> None:
+        """Install whatever the adapter needs to observe (e.g. a forward hook capturing an embedding)."""
+
+    def detach(self) -> None:
+        """Remove what :meth:`attach` installed."""
+
+    def blocks(self) -> list[BlockSpec]:
+        """Transformer blocks in execution order."""
+        raise NotImplementedError
+
+    def modulated_input(self, block_args: tuple, block_kwargs: dict, mode: str = "normal") -> torch.Tensor:
+        """Block 0's timestep-modulated input, computed from block 0's call arguments."""
+        raise NotImplementedError
+
+    def teacache_profile(self, mode: str = "normal") -> str | None:
+        """Name of the published TeaCache coefficient set for this model, or None when there is none."""
+        return None
+
+    def model_id(self) -> str | None:
+        cfg = getattr(self.model, "config", None)
+        return getattr(cfg, "_name_or_path", None) or None
+
+
+def class_name_matches(model: Any, names: tuple[str, ...], module_prefix: str = "") -> bool:
+    """True when ``type(model)`` (or a base class) is called one of ``names`` and lives under ``module_prefix``."""
+    for klass in type(model).__mro__:
+        if klass.__name__ in names and klass.__module__.startswith(module_prefix):
+            return True
+    return False

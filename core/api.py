@@ -1,0 +1,194 @@
+"""Public API: enable_accel / disable_accel / list_strategies / accel_stats.
+
+Example (any diffusers pipeline or torch module)::
+
+    import dynaccel
+    handle = dynaccel.enable_accel(pipe, "teacache", threshold=0.1)
+    video = pipe(prompt, num_inference_steps=20).frames
+    print(handle.stats)          # passes computed / skipped per CFG branch
+    dynaccel.disable_accel(pipe) # back to bit-identical plain outputs
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, StackingError, UnsupportedTargetError
+from .presets import Preset
+from .registry import get_registry
+from .strategy import Handle, RunProbe
+
+# target (pipeline or module) -> {family: handle}; weak so that dropping a pipeline frees it
+_ACTIVE: "weakref.WeakKeyDictionary[Any, dict[str, Handle]]" = weakref.WeakKeyDictionary()
+
+_DENOISER_ATTRS = ("transformer", "transformer_2", "unet")
+
+
+def list_strategies() -> list[str]:
+    """Names of every strategy the loaded plugins register, sorted."""
+    return sorted(get_registry().strategies)
+
+
+def strategy_info(name: str) -> dict[str, Any]:
+    """Name, family, summary, paper and config fields (type, default, range, doc) of one strategy."""
+    return get_registry().strategy(name).describe()
+
+
+def list_presets() -> list[str]:
+    return sorted(get_registry().presets)
+
+
+def _is_pipeline(obj: Any) -> bool:
+    return isinstance(getattr(obj, "components", None), dict) and any(
+        isinstance(getattr(obj, a, None), torch.nn.Module) for a in _DENOISER_ATTRS
+    )
+
+
+def _scheduler_probe(pipe: Any) -> RunProbe:
+    """A run probe reading the pipeline's scheduler: ``set_timesteps`` makes a new timesteps tensor each call."""
+    ref = weakref.ref(pipe)
+
+    def probe() -> tuple[object | None, int | None]:
+        p = ref()
+        sched = getattr(p, "scheduler", None) if p is not None else None
+        ts = getattr(sched, "timesteps", None)
+        if ts is None:
+            return None, None
+        return ts, len(ts)
+
+    return probe
+
+
+def _resolve_target(target: Any) -> tuple[list[tuple[str, torch.nn.Module]], RunProbe | None]:
+    if _is_pipeline(target):
+        mods = [(a, getattr(target, a)) for a in _DENOISER_ATTRS if isinstance(getattr(target, a, None), torch.nn.Module)]
+        return mods, _scheduler_probe(target)
+    if isinstance(target, torch.nn.Module):
+        return [("model", target)], None
+    raise UnsupportedTargetError(
+        f"enable_accel expects a diffusers pipeline (with a transformer) or a torch.nn.Module; got "
+        f"{type(target).__module__}.{type(target).__qualname__}"
+    )
+
+
+def _resolve_preset(preset: str | Path | Preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    reg = get_registry()
+    if isinstance(preset, str) and preset in reg.presets:
+        return reg.presets[preset]
+    path = Path(preset)
+    if path.suffix == ".json" or path.exists():
+        if not path.exists():
+            raise ConfigError(f"preset file {str(path)!r} does not exist")
+        return Preset.load(path)
+    available = ", ".join(sorted(reg.presets)) or "(none)"
+    raise ConfigError(f"unknown preset {preset!r}; give a JSON file path or one of: {available}")
+
+
+class HandleGroup(Handle):
+    """One handle over several denoisers of a pipeline (e.g. Wan 2.2's transformer and transformer_2)."""
+
+    def __init__(self, strategy: str, family: str, target: Any, config: Any, parts: dict[str, Handle]):
+        super().__init__(strategy, family, target, config)
+        self.parts = parts
+
+    def _remove(self) -> None:
+        for h in self.parts.values():
+            h.remove()
+
+    def _reset(self, num_steps: int | None) -> None:
+        for h in self.parts.values():
+            h.reset(num_steps)
+
+    def summary(self) -> str:
+        if len(self.parts) == 1:
+            return next(iter(self.parts.values())).summary()
+        return "; ".join(f"{name}: {h.summary()}" for name, h in self.parts.items())
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        if len(self.parts) == 1:
+            return next(iter(self.parts.values())).stats
+        return {name: h.stats for name, h in self.parts.items()}
+
+
+def enable_accel(target: Any, name: str | None = None, *, preset: str | Path | Preset | None = None, **config: Any) -> Handle:
+    """Install strategy ``name`` (or a preset) on a pipeline or model and return its handle.
+
+    Everything is validated before the target is touched: an unknown name, option, wrong type or out-of-range value
+    raises and leaves the target as it was. Enabling a strategy of a family already active replaces it.
+    """
+    reg = get_registry()
+    if preset is not None:
+        p = _resolve_preset(preset)
+        if name is not None and name != p.strategy:
+            raise ConfigError(f"preset {p.name!r} is for strategy {p.strategy!r}, not {name!r}")
+        name = p.strategy
+        config = {**p.config, **config}
+    if name is None:
+        raise ConfigError(f"enable_accel needs a strategy name or a preset; available strategies: {', '.join(list_strategies())}")
+    cls = reg.strategy(name)
+    cfg = cls.Config.from_kwargs(name, **config)
+    modules, probe = _resolve_target(target)
+    adapters = [reg.adapter_for(m, cls) if cls.needs_adapter else reg.find_adapter(m) for _, m in modules]
+
+    active = _ACTIVE.setdefault(target, {})
+    for fam, h in active.items():
+        if fam == cls.family:
+            continue
+        other = reg.strategies.get(h.strategy)
+        if fam in cls.conflicts_with or (other is not None and cls.family in other.conflicts_with):
+            raise StackingError(
+                f"strategy {name!r} ({cls.family}) cannot run together with {h.strategy!r} ({fam}); "
+                f"disable it first with disable_accel(target, {h.strategy!r})"
+            )
+
+    previous = active.pop(cls.family, None)
+    if previous is not None:
+        previous.remove()
+    installed: dict[str, Handle] = {}
+    try:
+        for (attr, module), adapter in zip(modules, adapters):
+            installed[attr] = cls().apply(module, cfg, adapter, probe)
+    except BaseException:
+        for h in installed.values():
+            h.remove()
+        if previous is not None:  # put back what was there
+            enable_accel(target, previous.strategy, **previous.config.to_dict())
+        raise
+    handle = HandleGroup(name, cls.family, target, cfg, installed)
+    active[cls.family] = handle
+    return handle
+
+
+def disable_accel(target: Any, name: str | None = None) -> list[str]:
+    """Remove strategies from ``target``: all of them, or the one called ``name`` (a strategy or family name).
+
+    Returns the names of the strategies removed. Outputs afterwards are bit-identical to never having enabled.
+    """
+    active = _ACTIVE.get(target, {})
+    removed = []
+    for fam, h in list(active.items()):
+        if name is None or name in (fam, h.strategy):
+            h.remove()
+            del active[fam]
+            removed.append(h.strategy)
+    if name is not None and not removed:
+        current = ", ".join(h.strategy for h in active.values()) or "none"
+        raise ConfigError(f"strategy {name!r} is not enabled on this target; enabled: {current}")
+    return removed
+
+
+def active_handles(target: Any) -> dict[str, Handle]:
+    """The handles active on ``target``, keyed by family."""
+    return dict(_ACTIVE.get(target, {}))
+
+
+def accel_stats(target: Any) -> dict[str, Any]:
+    """Stats of the last (or current) call, keyed by strategy name."""
+    return {h.strategy: h.stats for h in _ACTIVE.get(target, {}).values()}

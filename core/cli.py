@@ -1,0 +1,151 @@
+"""The ``dynaccel`` command line: ``plugins``, ``strategies [NAME]``, ``presets``; plugins add more.
+
+    dynaccel plugins                 # every plugin with its strategies, family, distribution and version
+    dynaccel strategies              # one line per strategy
+    dynaccel strategies teacache     # its config fields: type, default, range, doc
+    dynaccel strategies --json       # the same for machines
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import DynaccelError
+from .registry import get_registry
+
+
+@click.group()
+@click.version_option(package_name="dynaccel", message="dynaccel %(version)s")
+def cli() -> None:
+    """dynaccel: training-free dynamic inference acceleration."""
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins: strategies (with family), adapters, distribution and version."""
+    reg = get_registry()
+    entries = []
+    for info in reg.plugins.values():
+        entries.append(
+            {
+                "plugin": info.name,
+                "strategies": [{"name": s, "family": reg.strategies[s].family} for s in info.strategies],
+                "adapters": info.adapters,
+                "presets": len(info.presets),
+                "distribution": info.distribution,
+                "version": info.version,
+                "builtin": info.builtin,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    rows = [
+        [
+            e["plugin"],
+            ", ".join(f"{s['name']} ({s['family']})" for s in e["strategies"]) or "-",
+            ", ".join(e["adapters"]) or "-",
+            e["distribution"],
+            e["version"],
+        ]
+        for e in entries
+    ]
+    click.echo(_table(rows, ["plugin", "strategies (family)", "adapters", "distribution", "version"]))
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def strategies(name: str | None, as_json: bool) -> None:
+    """List strategies, or show NAME's config fields (type, default, range, doc)."""
+    reg = get_registry()
+    if name is None:
+        described = [reg.strategies[n].describe() for n in sorted(reg.strategies)]
+        if as_json:
+            click.echo(json.dumps(described, indent=2))
+            return
+        rows = [[d["name"], d["family"], d["summary"]] for d in described]
+        click.echo(_table(rows, ["strategy", "family", "what it does"]))
+        return
+    d = reg.strategy(name).describe()
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"{d['name']} ({d['family']}): {d['summary']}")
+    click.echo(f"paper: {d['paper']}")
+    rows = []
+    for f in d["fields"]:
+        if f["choices"]:
+            rng = " | ".join(map(str, f["choices"]))
+        elif f["min"] is not None or f["max"] is not None:
+            rng = f"[{'' if f['min'] is None else f['min']}, {'' if f['max'] is None else f['max']}]"
+        else:
+            rng = "-"
+        rows.append([f["name"], f["type"], repr(f["default"]), rng, f["doc"]])
+    click.echo(_table(rows, ["option", "type", "default", "range", "doc"]))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def presets(as_json: bool) -> None:
+    """List built-in and plugin presets with their provenance."""
+    reg = get_registry()
+    items = [reg.presets[n] for n in sorted(reg.presets)]
+    if as_json:
+        click.echo(json.dumps([json.loads(p.to_json()) for p in items], indent=2))
+        return
+    rows = [[p.name, p.strategy, json.dumps(p.config), p.architecture or "-", p.provenance.get("source", "-")] for p in items]
+    click.echo(_table(rows, ["preset", "strategy", "config", "architecture", "source"]))
+
+
+@cli.command()
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(2, 1000), help="denoising steps")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 100), help="timed repeats (median)")
+def quickstart(steps: int, repeats: int) -> None:
+    """Run every cache strategy on a tiny Wan pipeline built from config and print speed and drift."""
+    from ..hf_integration import quickstart as qs
+
+    click.echo("dynaccel quickstart: tiny WanPipeline built from config (random weights, CPU, 1 thread);")
+    click.echo(f"{steps} steps with CFG, same seed; PSNR of the final latents against full compute.\n")
+    click.echo(qs.format_table(qs.run(steps=steps, repeats=repeats)))
+
+
+_commands_loaded = False
+
+
+def _load_plugin_commands() -> None:
+    global _commands_loaded
+    if not _commands_loaded:
+        get_registry().pm.hook.register_commands(cli=cli)
+        _commands_loaded = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    _load_plugin_commands()
+    try:
+        cli.main(args=argv, prog_name="dynaccel", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except DynaccelError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Strategy and Handle: the contract every acceleration method implements.
+
+A :class:`Strategy` is one method (``teacache``, ``fastv``...). ``apply(target, config, adapter, run_probe)``
+installs it on a torch module and returns a :class:`Handle`, which removes exactly what was installed
+(``remove()``), clears per-generation state (``reset()``) and carries ``stats``.
+Strategies never name model classes: everything architecture-specific comes from the adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+from .config import StrategyConfig
+
+# ``run_probe()`` tells a strategy where the caller's generation stands: it returns ``(run_token, num_steps)``.
+# A new ``run_token`` object (compared with ``is``) means a new generation started. Pipelines provide one built
+# from their scheduler; bare models have none and call ``handle.reset(num_steps=...)`` themselves.
+RunProbe = Callable[[], "tuple[object | None, int | None]"]
+
+
+class Strategy:
+    """Base class of strategies. Subclasses set the class attributes and implement :meth:`apply`."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    Config: ClassVar[type[StrategyConfig]]
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    #: whether :meth:`apply` needs a model adapter (False: works on any model of its kind)
+    needs_adapter: ClassVar[bool] = True
+    #: adapter capabilities this strategy uses (checked before apply; see ModelAdapter.capabilities)
+    needs_capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: families this strategy refuses to share a model with (besides its own, which is replaced)
+    conflicts_with: ClassVar[frozenset[str]] = frozenset()
+
+    def apply(self, target: Any, config: StrategyConfig, adapter: Any, run_probe: RunProbe | None) -> "Handle":
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "name": cls.name,
+            "family": cls.family,
+            "summary": cls.summary,
+            "paper": cls.paper,
+            "needs_adapter": cls.needs_adapter,
+            "fields": [f.to_dict() for f in cls.Config.fields_info()],
+        }
+
+
+class Handle:
+    """What :meth:`Strategy.apply` returns. Subclasses implement ``_remove``, ``_reset`` and ``stats``."""
+
+    def __init__(self, strategy: str, family: str, target: Any, config: StrategyConfig):
+        self.strategy = strategy
+        self.family = family
+        self.target = target
+        self.config = config
+        self._active = True
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def remove(self) -> None:
+        """Uninstall everything apply installed. Idempotent."""
+        if self._active:
+            self._remove()
+            self._active = False
+
+    def reset(self, num_steps: int | None = None) -> None:
+        """Start a new generation: clear cached tensors and counters (``num_steps`` when known)."""
+        self._reset(num_steps)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Statistics of the last (or current) generation."""
+        return {}
+
+    def summary(self) -> str:
+        """One line saying what the strategy did in the last generation."""
+        return f"{self.strategy}: {self.stats}"
+
+    def _remove(self) -> None:
+        raise NotImplementedError
+
+    def _reset(self, num_steps: int | None) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "removed"
+        return f"<{type(self).__name__} {self.strategy} ({state}) {self.config}>"

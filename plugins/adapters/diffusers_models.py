@@ -1,0 +1,219 @@
+"""Adapters for diffusers' video/image DiTs: block layout, block 0's modulated input, TeaCache profile.
+
+Matching is by class name under the ``diffusers`` package, so importing this module never imports diffusers.
+"""
+
+from __future__ import annotations
+
+
+
+import torch
+
+from ...core.adapters import BLOCKS, MODULATED_INPUT, TEACACHE_PROFILE, BlockSpec, ModelAdapter, class_name_matches
+
+_ALL = frozenset({BLOCKS, MODULATED_INPUT, TEACACHE_PROFILE})
+
+
+def _name(model) -> str:
+    cfg = getattr(model, "config", None)
+    return (getattr(cfg, "_name_or_path", "") or "").lower()
+
+
+class WanAdapter(ModelAdapter):
+    """diffusers ``WanTransformer3DModel`` (Wan 2.1 T2V/I2V, Wan 2.2).
+
+    TeaCache signal, as in the published Wan coefficients: in ``normal`` mode the timestep embedding ``temb``
+    (captured from ``condition_embedder``), in ``retention`` mode its projection ``timestep_proj`` (block 0's
+    ``temb`` argument).
+    """
+
+    name = "diffusers-wan"
+    architectures = ("WanTransformer3DModel",)
+    capabilities = _ALL
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        return class_name_matches(model, cls.architectures, "diffusers")
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._temb: torch.Tensor | None = None
+        self._hooks: list = []
+
+    def attach(self) -> None:
+        def capture(_module, _args, output):
+            self._temb = output[0]
+
+        self._hooks.append(self.model.condition_embedder.register_forward_hook(capture))
+
+    def detach(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._temb = None
+
+    def blocks(self) -> list[BlockSpec]:
+        return [BlockSpec(b, hidden_states_index=None) for b in self.model.blocks]
+
+    def modulated_input(self, block_args, block_kwargs, mode="normal"):
+        if mode == "retention":
+            spec = BlockSpec(self.model.blocks[0])
+            return spec.get_arg("temb", block_args, block_kwargs)
+        if self._temb is None:
+            raise RuntimeError("WanAdapter.attach() must run before modulated_input(mode='normal')")
+        return self._temb
+
+    def teacache_profile(self, mode="normal"):
+        name = _name(self.model)
+        cfg = self.model.config
+        inner = cfg.num_attention_heads * cfg.attention_head_dim
+        i2v = "i2v" in name or cfg.image_dim is not None
+        if i2v:
+            res = "720p" if "720p" in name else "480p" if ("480p" in name or inner == 5120) else None
+            return f"wan2.1-i2v-{res}" if res else None
+        if "1.3b" in name or (cfg.num_layers == 30 and inner == 1536):
+            return "wan2.1-t2v-1.3b"
+        if "14b" in name or (cfg.num_layers == 40 and inner == 5120):
+            return "wan2.1-t2v-14b"
+        return None
+
+
+class FluxAdapter(ModelAdapter):
+    """diffusers ``FluxTransformer2DModel`` (FLUX.1 dev/schnell/Kontext): double- then single-stream blocks."""
+
+    name = "diffusers-flux"
+    architectures = ("FluxTransformer2DModel",)
+    capabilities = _ALL
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        return class_name_matches(model, cls.architectures, "diffusers")
+
+    def blocks(self):
+        m = self.model
+        return [BlockSpec(b, hidden_states_index=1, encoder_hidden_states_index=0) for b in m.transformer_blocks] + [
+            BlockSpec(b, hidden_states_index=1, encoder_hidden_states_index=0) for b in m.single_transformer_blocks
+        ]
+
+    def modulated_input(self, block_args, block_kwargs, mode="normal"):
+        block = self.model.transformer_blocks[0]
+        spec = BlockSpec(block)
+        hs = spec.get_arg("hidden_states", block_args, block_kwargs)
+        temb = spec.get_arg("temb", block_args, block_kwargs)
+        return block.norm1(hs, emb=temb)[0]
+
+    def teacache_profile(self, mode="normal"):
+        return "flux-kontext" if "kontext" in _name(self.model) else "flux"
+
+
+class HunyuanVideoAdapter(ModelAdapter):
+    """diffusers ``HunyuanVideoTransformer3DModel``: dual-stream then single-stream blocks, each returning
+    ``(hidden_states, encoder_hidden_states)``.
+
+    TeaCache signal, as in TeaCache4HunyuanVideo (``double_blocks[0].img_mod`` / ``img_norm1``): block 0's
+    ``norm1`` output, the modulated latent tokens its attention receives. The I2V ``token_replace`` blocks modulate
+    the first frame's tokens with their own embedding; their ``norm1`` takes it (and the token count) as arguments.
+    """
+
+    name = "diffusers-hunyuanvideo"
+    architectures = ("HunyuanVideoTransformer3DModel",)
+    capabilities = _ALL
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        return class_name_matches(model, cls.architectures, "diffusers")
+
+    def blocks(self):
+        m = self.model
+        return [BlockSpec(b, hidden_states_index=0, encoder_hidden_states_index=1) for b in m.transformer_blocks] + [
+            BlockSpec(b, hidden_states_index=0, encoder_hidden_states_index=1) for b in m.single_transformer_blocks
+        ]
+
+    def modulated_input(self, block_args, block_kwargs, mode="normal"):
+        block = self.model.transformer_blocks[0]
+        spec = BlockSpec(block)
+        hs = spec.get_arg("hidden_states", block_args, block_kwargs)
+        temb = spec.get_arg("temb", block_args, block_kwargs)
+        if getattr(self.model.config, "image_condition_type", None) == "token_replace":
+            token_replace_emb = spec.get_arg("token_replace_emb", block_args, block_kwargs)
+            num_tokens = spec.get_arg("num_tokens", block_args, block_kwargs)
+            return block.norm1(hs, temb, token_replace_emb, num_tokens)[0]
+        return block.norm1(hs, emb=temb)[0]
+
+    def teacache_profile(self, mode="normal"):
+        return "hunyuanvideo"
+
+
+class CogVideoXAdapter(ModelAdapter):
+    """diffusers ``CogVideoXTransformer3DModel`` (CogVideoX 2B/5B, 1.5, I2V): blocks return
+    ``(hidden_states, encoder_hidden_states)``.
+
+    TeaCache signal, as in TeaCache4CogVideoX1.5/teacache_sample_video.py, whose published coefficients were fit on
+    it: the timestep embedding ``emb`` (with the I2V ``ofs`` embedding added), i.e. block 0's ``temb`` argument --
+    not the normalized hidden states, which vary differently and would make those polynomials meaningless.
+    """
+
+    name = "diffusers-cogvideox"
+    architectures = ("CogVideoXTransformer3DModel",)
+    capabilities = _ALL
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        return class_name_matches(model, cls.architectures, "diffusers")
+
+    def blocks(self):
+        blocks = self.model.transformer_blocks
+        return [BlockSpec(b, hidden_states_index=0, encoder_hidden_states_index=1) for b in blocks]
+
+    def modulated_input(self, block_args, block_kwargs, mode="normal"):
+        spec = BlockSpec(self.model.transformer_blocks[0])
+        return spec.get_arg("temb", block_args, block_kwargs)
+
+    def teacache_profile(self, mode="normal"):
+        name = _name(self.model)
+        cfg = self.model.config
+        v15 = "1.5" in name or getattr(cfg, "patch_size_t", None) is not None
+        i2v = "i2v" in name or cfg.in_channels == 32
+        if v15:
+            return "cogvideox1.5-i2v" if i2v else "cogvideox1.5-5b"
+        if "2b" in name or (cfg.num_layers == 30 and cfg.num_attention_heads == 30):
+            return "cogvideox-2b"
+        if "5b" in name or (cfg.num_layers == 42 and cfg.num_attention_heads == 48):
+            return "cogvideox-5b"
+        return None
+
+
+class LTXVideoAdapter(ModelAdapter):
+    """diffusers ``LTXVideoTransformer3DModel``: single-stream blocks with a scale-shift table."""
+
+    name = "diffusers-ltxvideo"
+    architectures = ("LTXVideoTransformer3DModel",)
+    capabilities = _ALL
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        return class_name_matches(model, cls.architectures, "diffusers")
+
+    def blocks(self):
+        return [BlockSpec(b, hidden_states_index=None) for b in self.model.transformer_blocks]
+
+    def modulated_input(self, block_args, block_kwargs, mode="normal"):
+        block = self.model.transformer_blocks[0]
+        spec = BlockSpec(block)
+        hs = spec.get_arg("hidden_states", block_args, block_kwargs)
+        temb = spec.get_arg("temb", block_args, block_kwargs)
+        b = hs.size(0)
+        norm = block.norm1(hs)
+        n_ada = block.scale_shift_table.shape[0]
+        ada = block.scale_shift_table[None, None].to(temb.device) + temb.reshape(b, temb.size(1), n_ada, -1)
+        shift_msa, scale_msa = ada[:, :, 0], ada[:, :, 1]
+        return norm * (1 + scale_msa) + shift_msa
+
+    def teacache_profile(self, mode="normal"):
+        return "ltx-video"
+
+
+DIFFUSERS_ADAPTERS = (WanAdapter, FluxAdapter, HunyuanVideoAdapter, CogVideoXAdapter, LTXVideoAdapter)
+
+__all__ = [c.__name__ for c in DIFFUSERS_ADAPTERS] + ["DIFFUSERS_ADAPTERS"]
+

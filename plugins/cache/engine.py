@@ -1,0 +1,443 @@
+"""Shared machinery of the cache strategies: run and CFG-branch tracking, block skipping, residual reuse.
+
+A cache strategy is a *policy* (when to skip, what to measure) run by one :class:`CacheEngine` per model. The
+engine hooks the model through diffusers' ``HookRegistry`` (instance-level, removed exactly by ``remove()``):
+
+- a model-level hook tracks the generation (a new run when the pipeline's scheduler starts new timesteps, at a
+  fresh ``step_index == 0``, or after ``handle.reset()``) and the CFG branch (the ``cache_context`` name diffusers
+  pipelines set: ``cond``, ``uncond`` or ``cond_uncond`` for batched CFG). Every branch keeps its own state.
+- block hooks (for block-level policies) let block 0 decide, make the remaining blocks pass their inputs through
+  when the pass is skipped, and add the cached residual at the last block. The residual is taken over the blocks
+  only, so the patch embedding, timestep embedding and output projection always run on the current input.
+
+Batches: policies measure per sample and skip a pass only when every sample in the batch agrees (the batch is
+computed when any sample needs it); after a computed pass all samples' accumulators restart together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ...core.config import StrategyConfig, option
+from ...core.errors import ConfigError, DynaccelError
+from ...core.strategy import Handle, RunProbe
+from . import kernels
+
+RUN_HOOK = "dynaccel.cache.run"
+BLOCK_HOOK = "dynaccel.cache.block"
+
+
+@dataclass(frozen=True)
+class CacheConfig(StrategyConfig):
+    """Options every cache strategy has. Subclasses redeclare ``threshold`` with their own default and range."""
+
+    threshold: float = option(0.1, doc="skip while the estimated change stays below this; 0 never skips", min=0.0, max=10.0)
+    start: float = option(
+        0.0, doc="fraction of the steps at the start that are always computed", min=0.0, max=1.0, step=0.01
+    )
+    end: float = option(
+        1.0, doc="fraction of the steps after which every step is computed", min=0.0, max=1.0, step=0.01
+    )
+
+    def validate(self) -> None:
+        if self.start > self.end:
+            raise ConfigError(
+                f"option 'start': got {self.start!r} with end={self.end!r}; accepted: start <= end"
+            )
+
+
+@dataclass
+class BranchState:
+    """State of one CFG branch within one generation."""
+
+    name: str
+    calls: int = 0
+    computed: int = 0
+    skipped: int = 0
+    skipped_steps: list[int] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # the policy's tensors and counters
+
+
+@dataclass
+class RunState:
+    """One generation: its token (from the run probe), step count and branches."""
+
+    token: object | None
+    num_steps: int | None
+    branches: dict[str, BranchState] = field(default_factory=dict)
+    finished: bool = False
+
+    def branch(self, name: str) -> BranchState:
+        if name not in self.branches:
+            self.branches[name] = BranchState(name)
+        return self.branches[name]
+
+
+@dataclass
+class Pass:
+    """One call of the transformer."""
+
+    branch: BranchState
+    step: int
+    num_steps: int | None
+    forced: bool
+    skip: bool | None = None
+    anchor_hs: torch.Tensor | None = None
+    anchor_enc: torch.Tensor | None = None
+    input_hs: torch.Tensor | None = None  # block 0's hidden-states input
+
+
+class CachePolicy:
+    """What a cache strategy decides. Override the callbacks it needs; set ``level`` and ``anchor``."""
+
+    #: "blocks": skip the block stack and reuse its residual (needs an adapter); "model": skip the whole call
+    level = "blocks"
+    #: for block level: where the cached residual starts, "input" (of block 0) or "block0" (its output)
+    anchor = "input"
+
+    def __init__(self, config: CacheConfig, adapter: Any):
+        self.config = config
+        self.adapter = adapter
+
+    def begin(self, p: Pass, x: torch.Tensor | None) -> None:
+        """Start of a pass; may set ``p.skip``. ``x`` is the model's hidden_states input for model-level policies."""
+
+    def before_block0(self, p: Pass, spec: Any, args: tuple, kwargs: dict) -> None:
+        """Block 0 is about to run; may set ``p.skip`` (skips every block)."""
+
+    def after_block0(self, p: Pass, hs: torch.Tensor, enc: torch.Tensor | None) -> None:
+        """Block 0 ran (anchor "block0"); may set ``p.skip`` (skips the remaining blocks)."""
+
+    def computed(self, p: Pass, residual: torch.Tensor) -> None:
+        """A block-level pass was computed in full; ``residual`` is the new cached hidden-states residual."""
+
+    def model_computed(self, p: Pass, x: torch.Tensor, out: torch.Tensor) -> None:
+        """A model-level pass was computed in full."""
+
+    def model_skip_output(self, p: Pass, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run_started(self, run: RunState) -> None:
+        """A new generation starts."""
+
+    def run_finished(self, run: RunState) -> None:
+        """The generation ended (diffusers resets its stateful hooks at the end of every pipeline call)."""
+
+    def extra_stats(self) -> dict[str, Any]:
+        return {}
+
+
+def all_below(values: torch.Tensor, threshold: float) -> bool:
+    """True when every sample's value is below ``threshold``: the one host read a data-driven skip needs."""
+    return threshold > 0 and bool((values < threshold).all())
+
+
+def _hidden_states_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    raise DynaccelError("cache: could not find the model's hidden_states input (first argument)")
+
+
+def _replace_sample(out: Any, sample: torch.Tensor) -> Any:
+    if isinstance(out, torch.Tensor):
+        return sample
+    if isinstance(out, tuple):
+        return (sample,) + tuple(out[1:])
+    if dataclasses.is_dataclass(out) and hasattr(out, "sample"):
+        return dataclasses.replace(out, sample=sample)
+    raise DynaccelError(f"cache: cannot rebuild a model output of type {type(out).__name__}")
+
+
+def _sample_of(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, tuple):
+        return out[0]
+    if hasattr(out, "sample"):
+        return out.sample
+    raise DynaccelError(f"cache: cannot read the sample of a model output of type {type(out).__name__}")
+
+
+@functools.lru_cache(maxsize=1)
+def _hook_classes():
+    try:
+        from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DynaccelError(
+            "the cache strategies hook models through diffusers; install it with: pip install 'dynaccel[diffusers]'"
+        ) from exc
+
+    class _NoState(BaseState):
+        def reset(self, *args, **kwargs) -> None:
+            pass
+
+    class RunHook(ModelHook):
+        """Model-level hook: receives the pipeline's cache context and runs the engine's pass logic."""
+
+        _is_stateful = True
+
+        def __init__(self, engine: "CacheEngine"):
+            super().__init__()
+            self.engine = engine
+            self.context = StateManager(_NoState)  # diffusers sets the cache context on StateManager attributes
+
+        def new_forward(self, module, *args, **kwargs):
+            return self.engine.model_forward(self.fn_ref.original_forward, self.context._context, args, kwargs)
+
+        def reset_state(self, module):
+            self.engine.finish_run()
+            return module
+
+    class BlockHook(ModelHook):
+        def __init__(self, engine: "CacheEngine", index: int):
+            super().__init__()
+            self.engine = engine
+            self.index = index
+
+        def new_forward(self, module, *args, **kwargs):
+            return self.engine.block_forward(self.index, self.fn_ref.original_forward, args, kwargs)
+
+    return HookRegistry, RunHook, BlockHook
+
+
+class CacheEngine:
+    """Runs one policy on one model."""
+
+    def __init__(self, model: torch.nn.Module, policy: CachePolicy, probe: RunProbe | None, strategy: str):
+        self.model = model
+        self.policy = policy
+        self.probe = probe
+        self.strategy = strategy
+        self.config: CacheConfig = policy.config
+        self.run: RunState | None = None
+        self.current: Pass | None = None
+        self.manual_steps: int | None = None
+        self.specs = policy.adapter.blocks() if policy.level == "blocks" else []
+        self.installed = False
+
+    # ---- installation -------------------------------------------------------------------------------------------
+    def install(self) -> None:
+        HookRegistry, RunHook, BlockHook = _hook_classes()
+        try:
+            if self.policy.adapter is not None and self.policy.level == "blocks":
+                self.policy.adapter.attach()
+            HookRegistry.check_if_exists_or_initialize(self.model).register_hook(RunHook(self), RUN_HOOK)
+            for i, spec in enumerate(self.specs):
+                HookRegistry.check_if_exists_or_initialize(spec.module).register_hook(BlockHook(self, i), BLOCK_HOOK)
+            self.installed = True
+        except BaseException:
+            self.uninstall()
+            raise
+        finally:
+            HookRegistry.check_if_exists_or_initialize(self.model).invalidate_child_registries_cache()
+
+    def uninstall(self) -> None:
+        HookRegistry, _, _ = _hook_classes()
+        registry = HookRegistry.check_if_exists_or_initialize(self.model)
+        registry.remove_hook(RUN_HOOK, recurse=False)
+        for spec in self.specs:
+            if hasattr(spec.module, "_diffusers_hook"):
+                spec.module._diffusers_hook.remove_hook(BLOCK_HOOK, recurse=False)
+        registry.invalidate_child_registries_cache()
+        if self.policy.adapter is not None and self.policy.level == "blocks":
+            self.policy.adapter.detach()
+        self.run = None
+        self.installed = False
+
+    # ---- runs ---------------------------------------------------------------------------------------------------
+    def reset(self, num_steps: int | None) -> None:
+        self.finish_run()
+        self.manual_steps = num_steps
+        self.run = None
+
+    def finish_run(self) -> None:
+        if self.run is not None and not self.run.finished:
+            self.run.finished = True
+            self.policy.run_finished(self.run)
+            for b in self.run.branches.values():
+                b.data.clear()  # free cached tensors; keep the counts for stats
+
+    def _run_for(self, ctx: Any, branch: str) -> RunState:
+        token, n = self.probe() if self.probe is not None else (None, None)
+        ctx_steps = getattr(ctx, "num_inference_steps", None) if ctx is not None else None
+        if ctx_steps:
+            n = int(ctx_steps)
+        if n is None:
+            n = self.manual_steps
+        run = self.run
+        new = run is None or run.finished
+        if not new and token is not None and token is not run.token:
+            new = True
+        step0 = getattr(ctx, "step_index", None) == 0 if ctx is not None else False
+        if not new and step0 and branch in run.branches and run.branches[branch].calls > 0:
+            new = True
+        if new:
+            if run is not None:
+                self.finish_run()
+            run = RunState(token, n)
+            self.run = run
+            self.policy.run_started(run)
+        return run
+
+    def _forced(self, step: int, n: int | None) -> bool:
+        if step == 0:
+            return True
+        if n is None:
+            if self.config.start > 0 or self.config.end < 1:
+                raise DynaccelError(
+                    f"{self.strategy}: start/end are fractions of the step count, which is unknown for a bare model; "
+                    "call handle.reset(num_steps=N) before each generation (pipelines report it themselves)"
+                )
+            return False
+        if step >= n - 1:
+            return True
+        frac = step / n
+        return frac < self.config.start or frac >= self.config.end
+
+    # ---- forwards -----------------------------------------------------------------------------------------------
+    def model_forward(self, orig: Callable, ctx: Any, args: tuple, kwargs: dict) -> Any:
+        name = getattr(ctx, "name", None) or "default"
+        run = self._run_for(ctx, name)
+        b = run.branch(name)
+        ctx_step = getattr(ctx, "step_index", None) if ctx is not None else None
+        step = int(ctx_step) if ctx_step is not None else b.calls
+        b.calls += 1
+        p = Pass(b, step, run.num_steps, self._forced(step, run.num_steps))
+        self.current = p
+        try:
+            if self.policy.level == "model":
+                x = _hidden_states_arg(args, kwargs)
+                self.policy.begin(p, x)
+                if p.skip:
+                    out = _replace_sample(b.data["last_output"], self.policy.model_skip_output(p, x))
+                else:
+                    out = orig(*args, **kwargs)
+                    b.data["last_output"] = out
+                    self.policy.model_computed(p, x, _sample_of(out))
+            else:
+                self.policy.begin(p, None)
+                out = orig(*args, **kwargs)
+        finally:
+            self.current = None
+        if p.skip:
+            b.skipped += 1
+            b.skipped_steps.append(step)
+        else:
+            b.computed += 1
+        return out
+
+    def block_forward(self, i: int, orig: Callable, args: tuple, kwargs: dict) -> Any:
+        p = self.current
+        if p is None:  # a block called outside a model pass: nothing to decide
+            return orig(*args, **kwargs)
+        spec = self.specs[i]
+        last = i == len(self.specs) - 1
+        if i == 0:
+            hs, enc = spec.inputs(args, kwargs)
+            p.anchor_hs, p.anchor_enc, p.input_hs = hs, enc, hs
+            if p.skip is None:
+                self.policy.before_block0(p, spec, args, kwargs)
+            if p.skip:
+                return spec.pack(*self._reuse(p, hs, enc)) if last else spec.pack(hs, enc)
+            out = orig(*args, **kwargs)
+            if self.policy.anchor == "block0":
+                ohs, oenc = spec.outputs(out)
+                p.anchor_hs, p.anchor_enc = ohs, oenc
+                self.policy.after_block0(p, ohs, oenc)
+                if p.skip:
+                    return spec.pack(*self._reuse(p, ohs, oenc)) if last else out
+            if last:
+                self._store(p, *spec.outputs(out))
+            return out
+        if p.skip:
+            hs, enc = spec.inputs(args, kwargs)
+            return spec.pack(*self._reuse(p, hs, enc)) if last else spec.pack(hs, enc)
+        out = orig(*args, **kwargs)
+        if last:
+            self._store(p, *spec.outputs(out))
+        return out
+
+    def _store(self, p: Pass, hs: torch.Tensor, enc: torch.Tensor | None) -> None:
+        data = p.branch.data
+        data["res_hs"] = hs - p.anchor_hs
+        data["res_enc"] = enc - p.anchor_enc if enc is not None and p.anchor_enc is not None else None
+        self.policy.computed(p, data["res_hs"])
+
+    def _reuse(self, p: Pass, hs: torch.Tensor, enc: torch.Tensor | None):
+        data = p.branch.data
+        res = data.get("res_hs")
+        if res is None or res.shape != hs.shape:
+            raise DynaccelError(f"{self.strategy}: internal error: a pass was skipped with no cached residual")
+        new_hs = kernels.residual_add(hs, res)
+        res_enc = data.get("res_enc")
+        new_enc = kernels.residual_add(enc, res_enc) if enc is not None and res_enc is not None else enc
+        return new_hs, new_enc
+
+    # ---- stats --------------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        run = self.run
+        branches = run.branches if run is not None else {}
+        computed = sum(b.computed for b in branches.values())
+        skipped = sum(b.skipped for b in branches.values())
+        passes = computed + skipped
+        return {
+            "strategy": self.strategy,
+            "num_steps": run.num_steps if run is not None else None,
+            "passes": passes,
+            "computed": computed,
+            "skipped": skipped,
+            "pass_speedup": passes / computed if computed else None,
+            "branches": {
+                name: {"computed": b.computed, "skipped": b.skipped, "skipped_steps": list(b.skipped_steps)}
+                for name, b in branches.items()
+            },
+            **self.policy.extra_stats(),
+        }
+
+
+class CacheHandle(Handle):
+    """Handle of a cache strategy on one model."""
+
+    def __init__(self, strategy: str, family: str, target: Any, config: CacheConfig, engine: CacheEngine):
+        super().__init__(strategy, family, target, config)
+        self.engine = engine
+
+    def _remove(self) -> None:
+        self.engine.uninstall()
+
+    def _reset(self, num_steps: int | None) -> None:
+        self.engine.reset(num_steps)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.engine.stats()
+
+    def summary(self) -> str:
+        s = self.stats
+        parts = ", ".join(f"{n} {b['computed']}/{b['computed'] + b['skipped']}" for n, b in s["branches"].items())
+        speed = f", {s['pass_speedup']:.2f}x fewer passes" if s["pass_speedup"] else ""
+        return f"{self.strategy}: computed {s['computed']}/{s['passes']} transformer passes ({parts}){speed}"
+
+
+def apply_policy(strategy_cls: Any, target: Any, config: CacheConfig, policy: CachePolicy, probe: RunProbe | None):
+    """Install ``policy`` on ``target`` and return its handle (used by every cache strategy's ``apply``)."""
+    engine = CacheEngine(target, policy, probe, strategy_cls.name)
+    engine.install()
+    return CacheHandle(strategy_cls.name, strategy_cls.family, target, config, engine)
+
+
+def polyval(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Evaluate a polynomial (highest power first, numpy.poly1d order) on a device tensor, no host sync."""
+    out = torch.zeros_like(x)
+    for c in coeffs:
+        out = out * x + c
+    return out
+
+

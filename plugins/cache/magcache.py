@@ -1,0 +1,171 @@
+"""MagCache (Ma et al., "MagCache: Fast Video Generation with Magnitude-Aware Cache", arXiv 2506.09045).
+
+The magnitude ratio of successive block-stack residuals, r_t = mean over tokens of ||res_t|| / ||res_{t-1}||, is
+stable across prompts, so it is calibrated once from one full run and saved. At run time the decision uses only
+these calibrated numbers: while skipping, the accumulated ratio g = prod r and the error sum |1 - g| grow; a pass
+is skipped while the error stays below ``threshold`` and at most ``max_skip_steps`` passes in a row were skipped;
+then a full pass resets both. The skipped passes add the last computed residual to block 0's input.
+
+Calibration: if ``ratios_path`` names an existing JSON file the ratios are read from it; otherwise the first
+generation after ``enable_accel`` runs in full, records the ratios per CFG branch, and (when ``ratios_path`` is
+set) writes them there; later generations use them. The ratios are resampled linearly over the step fraction when
+the step count differs from the calibration run. ``handle.engine.policy.calibration`` holds them.
+
+Batch and CFG: the decision depends only on the step and branch, so the whole batch skips together, no device
+sync at all; each CFG branch has its own ratios and accumulators.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...core.adapters import BLOCKS
+from ...core.config import option
+from ...core.errors import ConfigError
+from ...core.strategy import Strategy
+from .engine import CacheConfig, CachePolicy, Pass, RunState, apply_policy
+
+CALIBRATION_FORMAT = "dynaccel.magcache.ratios/1"
+
+
+@dataclass(frozen=True)
+class MagCacheConfig(CacheConfig):
+    threshold: float = option(
+        0.12, doc="accumulated magnitude-ratio error below which passes reuse the cache; 0 never skips", min=0.0, max=2.0, step=0.01
+    )
+    max_skip_steps: int = option(2, doc="most passes in a row that may reuse the cache", min=1, max=100)
+    start: float = option(
+        0.2, doc="fraction of the steps at the start that are always computed (MagCache's retention ratio)", min=0.0, max=1.0, step=0.01
+    )
+    ratios_path: str = option(
+        "", doc="JSON file with calibrated ratios: read when it exists, else written after the calibration run"
+    )
+
+
+def load_ratios(path: str | Path) -> dict[str, list[float]]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"option 'ratios_path': {str(path)!r} is not valid JSON ({exc})") from exc
+    if data.get("format") != CALIBRATION_FORMAT or not isinstance(data.get("ratios"), dict):
+        raise ConfigError(
+            f"option 'ratios_path': {str(path)!r} is not a MagCache calibration file; accepted: JSON with "
+            f"format {CALIBRATION_FORMAT!r} and a 'ratios' object of lists"
+        )
+    return {k: [float(x) for x in v] for k, v in data["ratios"].items()}
+
+
+def resample(ratios: list[float], n: int) -> list[float]:
+    """Ratios for ``n`` steps from a calibration of ``len(ratios)`` steps (linear over the step fraction)."""
+    m = len(ratios)
+    if m == n or m == 0:
+        return list(ratios)
+    if m == 1 or n == 1:
+        return [ratios[0]] * n
+    out = []
+    for i in range(n):
+        pos = i * (m - 1) / (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, m - 1)
+        w = pos - lo
+        out.append(ratios[lo] * (1 - w) + ratios[hi] * w)
+    return out
+
+
+class _MagCachePolicy(CachePolicy):
+    level = "blocks"
+    anchor = "input"
+
+    def __init__(self, config: MagCacheConfig, adapter):
+        super().__init__(config, adapter)
+        self.calibration: dict[str, list[float]] | None = None
+        self.calibrating = False
+        self._record: dict[str, dict[int, float]] = {}
+        if config.ratios_path and Path(config.ratios_path).exists():
+            self.calibration = load_ratios(config.ratios_path)
+
+    def run_started(self, run: RunState) -> None:
+        self.calibrating = self.calibration is None
+        self._record = {}
+
+    def _ratio(self, branch: str, step: int, n: int | None) -> float:
+        cal = self.calibration
+        ratios = cal.get(branch) or cal.get("default") or next(iter(cal.values()))
+        if n is not None:
+            ratios = resample(ratios, n)
+        return ratios[step] if step < len(ratios) else 1.0
+
+    def begin(self, p: Pass, x) -> None:
+        data = p.branch.data
+        if self.calibrating or p.forced or "res_hs" not in data:
+            data.update(gamma=1.0, err=0.0, streak=0)
+            p.skip = False
+            return
+        gamma = data["gamma"] * self._ratio(p.branch.name, p.step, p.num_steps)
+        err = data["err"] + abs(1.0 - gamma)
+        streak = data["streak"] + 1
+        if self.config.threshold > 0 and err < self.config.threshold and streak <= self.config.max_skip_steps:
+            data.update(gamma=gamma, err=err, streak=streak)
+            p.skip = True
+        else:
+            data.update(gamma=1.0, err=0.0, streak=0)
+            p.skip = False
+
+    def computed(self, p: Pass, residual: torch.Tensor) -> None:
+        if not self.calibrating:
+            return
+        data = p.branch.data
+        prev = data.get("cal_prev")
+        ratio = 1.0
+        if prev is not None and prev.shape == residual.shape:
+            cur_n = torch.linalg.vector_norm(residual.float(), dim=-1)
+            prev_n = torch.linalg.vector_norm(prev.float(), dim=-1).clamp_min(1e-12)
+            ratio = float((cur_n / prev_n).mean())
+        self._record.setdefault(p.branch.name, {})[p.step] = ratio
+        data["cal_prev"] = residual
+
+    def run_finished(self, run: RunState) -> None:
+        if not self.calibrating or not self._record:
+            return
+        cal = {}
+        for branch, by_step in self._record.items():
+            n = max(run.num_steps or 0, max(by_step) + 1)
+            cal[branch] = [by_step.get(i, 1.0) for i in range(n)]
+        self.calibration = cal
+        self.calibrating = False
+        if self.config.ratios_path:
+            path = Path(self.config.ratios_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"format": CALIBRATION_FORMAT, "ratios": cal}, indent=1))
+
+    def extra_stats(self) -> dict[str, Any]:
+        return {"calibrating": self.calibrating, "calibrated": self.calibration is not None}
+
+
+class MagCache(Strategy):
+    """MagCache (arXiv 2506.09045): skip the block stack while the error predicted from calibrated residual
+    magnitude ratios stays small; decisions need no device sync.
+
+    Example::
+
+        handle = pipe.enable_accel("magcache", threshold=0.12, ratios_path="wan_ratios.json")
+        pipe(prompt)   # first call: full compute, calibrates and saves the ratios
+        pipe(prompt)   # later calls: accelerated
+    """
+
+    name = "magcache"
+    family = "cache"
+    Config = MagCacheConfig
+    summary = "calibrated residual magnitude ratios predict the error of reuse; decisions without device sync"
+    paper = "Ma et al., MagCache: Fast Video Generation with Magnitude-Aware Cache (arXiv 2506.09045)"
+    needs_adapter = True
+    needs_capabilities = frozenset({BLOCKS})
+
+    def apply(self, target, config, adapter, run_probe):
+        return apply_policy(type(self), target, config, _MagCachePolicy(config, adapter), run_probe)

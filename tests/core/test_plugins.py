@@ -1,0 +1,223 @@
+"""pluggy core: every hookspec documented and tested, runtime plugins, environment switches, stacking."""
+
+import ast
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+from tiny_models import run_wan, tiny_wan_pipeline
+
+import dynaccel
+from dynaccel.core import hookspecs
+from dynaccel.core.adapters import ModelAdapter
+from dynaccel.core.config import StrategyConfig, option
+from dynaccel.core.presets import Preset
+from dynaccel.core.strategy import Handle, Strategy
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = sorted(n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "dynaccel_spec"))
+
+
+def test_the_hookspecs_are_the_documented_four():
+    assert HOOKS == ["register_commands", "register_model_adapters", "register_presets", "register_strategies"]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hookspec_has_a_docstring(hook):
+    assert getattr(hookspecs, hook).__doc__.strip()
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hookspec_is_documented_in_the_readme(hook):
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(rf"^#### `{hook}\(", readme, re.M), f"README.md has no '#### `{hook}(...)`' section"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hookspec_has_a_test(hook):
+    tree = ast.parse(Path(__file__).read_text())
+    names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert f"test_hook_{hook}" in names, f"no test_hook_{hook} in {Path(__file__).name}"
+
+
+# ---- a runtime plugin exercising every hook ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoopConfig(StrategyConfig):
+    scale: float = option(1.0, doc="multiplies nothing", min=0.0, max=2.0)
+
+
+class NoopHandle(Handle):
+    def _remove(self):
+        pass
+
+    def _reset(self, num_steps):
+        pass
+
+
+class Noop(Strategy):
+    name = "noop_test"
+    family = "testing"
+    Config = NoopConfig
+    summary = "does nothing"
+    needs_adapter = False
+
+    def apply(self, target, config, adapter, run_probe):
+        return NoopHandle(self.name, self.family, target, config)
+
+
+class Hostile(Noop):
+    name = "hostile_test"
+    family = "hostile"
+    conflicts_with = frozenset({"cache"})
+
+
+class LinearAdapter(ModelAdapter):
+    name = "test-linear"
+    architectures = ("Linear",)
+    capabilities = frozenset({"blocks"})
+
+    @classmethod
+    def matches(cls, model):
+        return isinstance(model, torch.nn.Linear)
+
+
+class TestPlugin:
+    @dynaccel.hookimpl
+    def register_strategies(self, register):
+        register(Noop)
+        register(Hostile)
+
+    @dynaccel.hookimpl
+    def register_model_adapters(self, register):
+        register(LinearAdapter)
+
+    @dynaccel.hookimpl
+    def register_presets(self, register):
+        register(Preset(name="noop-half", strategy="noop_test", config={"scale": 0.5}))
+
+    @dynaccel.hookimpl
+    def register_commands(self, cli):
+        @cli.command(name="hello-test")
+        def hello():
+            click.echo("hello from a plugin")
+
+
+@pytest.fixture
+def plugged(fresh_registry):
+    reg = fresh_registry.get_registry()
+    reg.add_plugin(TestPlugin(), name="test-plugin")
+    yield reg
+
+
+def test_hook_register_strategies(plugged):
+    assert "noop_test" in dynaccel.list_strategies()
+    handle = dynaccel.enable_accel(torch.nn.Linear(2, 2), "noop_test", scale=0.5)
+    assert handle.config.scale == 0.5 and handle.family == "testing"
+
+
+def test_hook_register_model_adapters(plugged):
+    adapter = plugged.find_adapter(torch.nn.Linear(2, 2))
+    assert isinstance(adapter, LinearAdapter)
+    assert plugged.plugins["test-plugin"].adapters == ["test-linear"]
+
+
+def test_hook_register_presets(plugged):
+    assert "noop-half" in dynaccel.list_presets()
+    handle = dynaccel.enable_accel(torch.nn.Linear(2, 2), preset="noop-half")
+    assert handle.strategy == "noop_test" and handle.config.scale == 0.5
+
+
+def test_hook_register_commands(plugged):
+    group = click.Group()
+    plugged.pm.hook.register_commands(cli=group)
+    result = CliRunner().invoke(group, ["hello-test"])
+    assert result.output == "hello from a plugin\n"
+
+
+def test_removing_a_runtime_plugin(plugged):
+    plugged.remove_plugin("test-plugin")
+    assert "noop_test" not in dynaccel.list_strategies()
+
+
+def test_a_misspelled_hookimpl_is_caught():
+    class Typo:
+        @dynaccel.hookimpl
+        def register_strategys(self, register):
+            pass
+
+    reg = dynaccel.core.registry.get_registry()
+    with pytest.raises(Exception, match="register_strategys"):
+        reg.add_plugin(Typo(), name="typo")
+    reg.pm.unregister(name="typo")
+
+
+def test_duplicate_strategy_names_are_refused(fresh_registry):
+    class Dup:
+        @dynaccel.hookimpl
+        def register_strategies(self, register):
+            register(type("Dup", (Noop,), {"name": "teacache"}))
+
+    with pytest.raises(dynaccel.DynaccelError, match="strategy 'teacache' registered twice"):
+        fresh_registry.get_registry().add_plugin(Dup(), name="dup")
+
+
+# ---- stacking across families ---------------------------------------------------------------------------------------
+
+
+def test_other_families_stack_and_conflicting_ones_are_refused(plugged):
+    pipe = tiny_wan_pipeline()
+    base = run_wan(pipe, steps=4)
+    pipe.enable_accel("teacache", threshold=0.0)
+    pipe.enable_accel("noop_test")
+    assert set(pipe.accel_stats) == {"teacache", "noop_test"}
+    with pytest.raises(dynaccel.StackingError, match=r"'hostile_test' \(hostile\) cannot run together with 'teacache' \(cache\)"):
+        pipe.enable_accel("hostile_test")
+    assert set(pipe.accel_stats) == {"teacache", "noop_test"}
+    assert sorted(pipe.disable_accel()) == ["noop_test", "teacache"]
+    assert torch.equal(run_wan(pipe, steps=4), base)
+
+
+# ---- environment switches (fresh interpreters) ----------------------------------------------------------------------
+
+
+def _strategies_with_env(**env):
+    import os
+
+    code = "import dynaccel; print(','.join(dynaccel.list_strategies()))"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return out.stdout.strip().split(",") if out.stdout.strip() else []
+
+
+def test_block_list_switches_off_a_builtin_plugin():
+    assert _strategies_with_env(DYNACCEL_BLOCK_PLUGINS="dynaccel.cache") == []
+
+
+def test_allow_list_loads_only_the_named_plugins():
+    assert _strategies_with_env(DYNACCEL_PLUGINS="dynaccel.cache,dynaccel.adapters") == [
+        "easycache", "fbcache", "magcache", "teacache"
+    ]
+
+
+def test_import_needs_no_diffusers_triton_or_comfyui():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('diffusers', 'triton', 'comfy', 'transformers'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import dynaccel\n"
+        "print(dynaccel.list_strategies(), dynaccel.NODE_CLASS_MAPPINGS)\n"
+        "assert not any(m.split('.')[0] in ('diffusers', 'triton', 'comfy') for m in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "teacache" in out.stdout

@@ -1,0 +1,187 @@
+"""The contract every cache strategy keeps, on tiny Wan and Flux pipelines built from config."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import PIPELINES, BlockCounter
+
+import dynaccel
+
+STRATEGIES = ["teacache", "fbcache", "easycache", "magcache"]
+# thresholds at which the tiny random models skip a good share of passes
+HIGH = {"teacache": 1.0, "fbcache": 1.0, "easycache": 0.5, "magcache": 1.0}
+
+CASES = [pytest.param(arch, s, id=f"{arch}-{s}") for arch in PIPELINES for s in STRATEGIES]
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    made = {arch: make() for arch, (make, _) in PIPELINES.items()}
+    yield made
+
+
+@pytest.fixture(scope="module")
+def baselines(pipes):
+    return {arch: PIPELINES[arch][1](pipes[arch]) for arch in pipes}
+
+
+@pytest.fixture
+def pipe_of(pipes):
+    used = []
+
+    def get(arch):
+        used.append(pipes[arch])
+        return pipes[arch], PIPELINES[arch][1]
+
+    yield get
+    for p in used:
+        p.disable_accel()
+
+
+def _run_accelerated(run, pipe, strategy):
+    out = run(pipe)
+    if strategy == "magcache":  # the first call calibrates in full
+        out = run(pipe)
+    return out
+
+
+@pytest.mark.parametrize("arch,strategy", CASES)
+def test_threshold_zero_is_bit_identical(pipe_of, baselines, arch, strategy):
+    pipe, run = pipe_of(arch)
+    pipe.enable_accel(strategy, threshold=0.0)
+    out = _run_accelerated(run, pipe, strategy)
+    assert torch.equal(out, baselines[arch])
+    assert pipe.accel_stats[strategy]["skipped"] == 0
+
+
+@pytest.mark.parametrize("arch,strategy", CASES)
+def test_high_threshold_computes_fewer_blocks(pipe_of, baselines, arch, strategy):
+    pipe, run = pipe_of(arch)
+    plain = BlockCounter(pipe)
+    run(pipe)
+    plain.remove()
+    pipe.enable_accel(strategy, threshold=HIGH[strategy])
+    if strategy == "magcache":
+        run(pipe)
+    counter = BlockCounter(pipe)
+    out = run(pipe)
+    counter.remove()
+    stats = pipe.accel_stats[strategy]
+    assert counter.count < plain.count
+    assert stats["skipped"] > 0 and stats["computed"] + stats["skipped"] == stats["passes"] == 20
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, baselines[arch])
+
+
+@pytest.mark.parametrize("arch,strategy", CASES)
+def test_disable_restores_bit_identical_output(pipe_of, baselines, arch, strategy):
+    pipe, run = pipe_of(arch)
+    pipe.enable_accel(strategy, threshold=HIGH[strategy])
+    _run_accelerated(run, pipe, strategy)
+    assert pipe.disable_accel() == [strategy]
+    assert torch.equal(run(pipe), baselines[arch])
+    assert pipe.accel_stats == {}
+
+
+@pytest.mark.parametrize("arch,strategy", CASES)
+def test_two_runs_in_a_row_are_identical(pipe_of, arch, strategy):
+    pipe, run = pipe_of(arch)
+    pipe.enable_accel(strategy, threshold=HIGH[strategy])
+    first = _run_accelerated(run, pipe, strategy)
+    stats_first = pipe.accel_stats[strategy]
+    second = run(pipe)
+    assert torch.equal(first, second)
+    assert pipe.accel_stats[strategy]["branches"] == stats_first["branches"]
+
+
+@pytest.mark.parametrize("arch,strategy", CASES)
+def test_cfg_with_batch_two_keeps_state_per_branch(pipe_of, arch, strategy):
+    pipe, run = pipe_of(arch)
+
+    def run2(p):
+        return run(p, batch=2)
+
+    base = run2(pipe)
+    pipe.enable_accel(strategy, threshold=0.0)
+    assert torch.equal(_run_accelerated(run2, pipe, strategy), base)
+    pipe.enable_accel(strategy, threshold=HIGH[strategy])
+    out = _run_accelerated(run2, pipe, strategy)
+    stats = pipe.accel_stats[strategy]
+    assert out.shape == base.shape and torch.isfinite(out).all()
+    assert set(stats["branches"]) == {"cond", "uncond"}
+    for branch in stats["branches"].values():
+        assert branch["computed"] + branch["skipped"] == 10
+        assert 0 not in branch["skipped_steps"] and 9 not in branch["skipped_steps"]
+    assert stats["skipped"] > 0
+
+
+@pytest.mark.parametrize("arch,strategy", CASES)
+def test_a_batch_of_identical_samples_decides_like_one_sample(pipe_of, arch, strategy):
+    pipe, run = pipe_of(arch)
+    pipe.enable_accel(strategy, threshold=HIGH[strategy])
+
+    def run_same(p, batch):
+        # the same prompt embedding for every sample: per-sample measures agree, so must the decisions
+        return run(p, batch=batch, same_prompt=True)
+
+    single = _run_accelerated(lambda p: run_same(p, 1), pipe, strategy)
+    single_stats = pipe.accel_stats[strategy]["branches"]
+    double = run_same(pipe, 2)
+    assert pipe.accel_stats[strategy]["branches"] == single_stats
+    torch.testing.assert_close(double[0], single[0])
+
+
+@pytest.mark.parametrize("arch", list(PIPELINES))
+def test_changing_the_step_count_between_calls(pipe_of, arch):
+    pipe, run = pipe_of(arch)
+    base6 = run(pipe, steps=6)
+    pipe.enable_accel("teacache", threshold=0.0)
+    run(pipe, steps=10)
+    assert torch.equal(run(pipe, steps=6), base6)
+    assert pipe.accel_stats["teacache"]["num_steps"] == 6
+
+
+def test_enabling_again_replaces_the_same_family(pipe_of, baselines):
+    pipe, run = pipe_of("wan")
+    first = pipe.enable_accel("teacache", threshold=1.0)
+    second = pipe.enable_accel("fbcache", threshold=0.0)
+    assert not first.active and second.active
+    assert list(pipe.accel_stats) == ["fbcache"]
+    assert torch.equal(run(pipe), baselines["wan"])
+
+
+def test_magcache_calibration_is_saved_and_reused(pipe_of, tmp_path):
+    pipe, run = pipe_of("wan")
+    path = tmp_path / "ratios.json"
+    pipe.enable_accel("magcache", threshold=1.0, ratios_path=str(path))
+    run(pipe)
+    assert pipe.accel_stats["magcache"]["skipped"] == 0  # calibration run is full compute
+    saved = json.loads(path.read_text())
+    assert set(saved["ratios"]) == {"cond", "uncond"} and len(saved["ratios"]["cond"]) == 10
+    accelerated = run(pipe)
+    pipe.disable_accel()
+    # a fresh enable reads the file: no calibration run, same decisions
+    pipe.enable_accel("magcache", threshold=1.0, ratios_path=str(path))
+    assert torch.equal(run(pipe), accelerated)
+    assert pipe.accel_stats["magcache"]["skipped"] > 0
+
+
+def test_teacache_reports_coefficient_source(pipe_of):
+    pipe, run = pipe_of("flux")
+    pipe.enable_accel("teacache", threshold=0.1)
+    run(pipe)
+    assert pipe.accel_stats["teacache"]["coefficients"] == "published:flux:normal"
+    pipe, run = pipe_of("wan")  # a tiny Wan matches no published size: identity fallback
+    pipe.enable_accel("teacache", threshold=0.1)
+    run(pipe)
+    assert pipe.accel_stats["teacache"]["coefficients"] == "fallback:identity"
+
+
+def test_handle_summary_names_what_was_skipped(pipe_of):
+    pipe, run = pipe_of("wan")
+    handle = pipe.enable_accel("fbcache", threshold=1.0)
+    run(pipe)
+    line = handle.summary()
+    s = handle.stats
+    assert line.startswith(f"fbcache: computed {s['computed']}/20 transformer passes (cond ")
