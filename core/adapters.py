@@ -88,6 +88,13 @@ class ModelAdapter:
     def matches(cls, model: Any) -> bool:
         raise NotImplementedError
 
+    def spec_of(self, block: torch.nn.Module) -> BlockSpec:
+        """A cached argument-layout reader for ``block`` (for reading its call arguments)."""
+        cache = self.__dict__.setdefault("_specs", {})
+        if id(block) not in cache:
+            cache[id(block)] = BlockSpec(block)
+        return cache[id(block)]
+
     def attach(self) -> None:
         """Install whatever the adapter needs to observe (e.g. a forward hook capturing an embedding)."""
 

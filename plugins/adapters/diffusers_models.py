@@ -57,7 +57,7 @@ class WanAdapter(ModelAdapter):
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         if mode == "retention":
-            spec = BlockSpec(self.model.blocks[0])
+            spec = self.spec_of(self.model.blocks[0])
             return spec.get_arg("temb", block_args, block_kwargs)
         if self._temb is None:
             raise RuntimeError("WanAdapter.attach() must run before modulated_input(mode='normal')")
@@ -97,7 +97,7 @@ class FluxAdapter(ModelAdapter):
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         block = self.model.transformer_blocks[0]
-        spec = BlockSpec(block)
+        spec = self.spec_of(block)
         hs = spec.get_arg("hidden_states", block_args, block_kwargs)
         temb = spec.get_arg("temb", block_args, block_kwargs)
         return block.norm1(hs, emb=temb)[0]
@@ -131,7 +131,7 @@ class HunyuanVideoAdapter(ModelAdapter):
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         block = self.model.transformer_blocks[0]
-        spec = BlockSpec(block)
+        spec = self.spec_of(block)
         hs = spec.get_arg("hidden_states", block_args, block_kwargs)
         temb = spec.get_arg("temb", block_args, block_kwargs)
         if getattr(self.model.config, "image_condition_type", None) == "token_replace":
@@ -141,6 +141,9 @@ class HunyuanVideoAdapter(ModelAdapter):
         return block.norm1(hs, emb=temb)[0]
 
     def teacache_profile(self, mode="normal"):
+        # the published coefficients were fit on text-to-video; I2V (token_replace) falls back to identity
+        if getattr(self.model.config, "image_condition_type", None) is not None:
+            return None
         return "hunyuanvideo"
 
 
@@ -166,7 +169,7 @@ class CogVideoXAdapter(ModelAdapter):
         return [BlockSpec(b, hidden_states_index=0, encoder_hidden_states_index=1) for b in blocks]
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
-        spec = BlockSpec(self.model.transformer_blocks[0])
+        spec = self.spec_of(self.model.transformer_blocks[0])
         return spec.get_arg("temb", block_args, block_kwargs)
 
     def teacache_profile(self, mode="normal"):
@@ -199,7 +202,7 @@ class LTXVideoAdapter(ModelAdapter):
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         block = self.model.transformer_blocks[0]
-        spec = BlockSpec(block)
+        spec = self.spec_of(block)
         hs = spec.get_arg("hidden_states", block_args, block_kwargs)
         temb = spec.get_arg("temb", block_args, block_kwargs)
         b = hs.size(0)
