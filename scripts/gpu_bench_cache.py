@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=33)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="gpu_bench_cache.json")
+    ap.add_argument("--settings", default="", help='JSON list of [strategy, {options}] pairs (default: a built-in list)')
+    ap.add_argument("--no-peers", action="store_true", help="skip the diffusers FirstBlockCache rows")
     ap.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test of this script)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -97,6 +99,8 @@ def main() -> None:
         ("easycache", {"threshold": 0.05}), ("easycache", {"threshold": 0.1}),
         ("magcache", {"threshold": 0.12}), ("magcache", {"threshold": 0.24}),
     ]
+    if args.settings:
+        settings = [tuple(x) for x in json.loads(args.settings)]
     for name, cfg in settings:
         handle = pipe.enable_accel(name, **cfg)
         out, t = timed()
@@ -107,7 +111,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     from diffusers.hooks import FirstBlockCacheConfig
 
-    for thr in (0.05, 0.1):
+    for thr in () if args.no_peers else (0.05, 0.1):
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=thr))
         out, t = timed()
         rows.append(dict(strategy="diffusers:fbcache", settings=json.dumps({"threshold": thr}), computed=None,

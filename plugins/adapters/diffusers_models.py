@@ -5,8 +5,6 @@ Matching is by class name under the ``diffusers`` package, so importing this mod
 
 from __future__ import annotations
 
-
-
 import torch
 
 from ...core.adapters import BLOCKS, MODULATED_INPUT, TEACACHE_PROFILE, BlockSpec, ModelAdapter, class_name_matches
@@ -19,7 +17,34 @@ def _name(model) -> str:
     return (getattr(cfg, "_name_or_path", "") or "").lower()
 
 
-class WanAdapter(ModelAdapter):
+def _stacks(model, attrs: tuple[str, ...], hs: int | None, enc: int | None = None) -> list[BlockSpec]:
+    """BlockSpecs of the block lists ``attrs`` of ``model``, in execution order, all with one output layout."""
+    return [
+        BlockSpec(b, hidden_states_index=hs, encoder_hidden_states_index=enc)
+        for attr in attrs
+        for b in getattr(model, attr, None) or []
+    ]
+
+
+class DiffusersAdapter(ModelAdapter):
+    """Base of the diffusers adapters: matches the ``architectures`` class names under the diffusers package."""
+
+    capabilities = _ALL
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        return class_name_matches(model, cls.architectures, "diffusers")
+
+    def _block0_norm1(self, block_args, block_kwargs, attr: str = "transformer_blocks"):
+        """Block 0's ``norm1(hidden_states, emb=temb)`` output: the modulated input of AdaLN-Zero blocks."""
+        block = getattr(self.model, attr)[0]
+        spec = self.spec_of(block)
+        hs = spec.get_arg("hidden_states", block_args, block_kwargs)
+        temb = spec.get_arg("temb", block_args, block_kwargs)
+        return block.norm1(hs, emb=temb)[0]
+
+
+class WanAdapter(DiffusersAdapter):
     """diffusers ``WanTransformer3DModel`` (Wan 2.1 T2V/I2V, Wan 2.2).
 
     TeaCache signal, as in the published Wan coefficients: in ``normal`` mode the timestep embedding ``temb``
@@ -29,11 +54,6 @@ class WanAdapter(ModelAdapter):
 
     name = "diffusers-wan"
     architectures = ("WanTransformer3DModel",)
-    capabilities = _ALL
-
-    @classmethod
-    def matches(cls, model) -> bool:
-        return class_name_matches(model, cls.architectures, "diffusers")
 
     def __init__(self, model):
         super().__init__(model)
@@ -53,7 +73,7 @@ class WanAdapter(ModelAdapter):
         self._temb = None
 
     def blocks(self) -> list[BlockSpec]:
-        return [BlockSpec(b, hidden_states_index=None) for b in self.model.blocks]
+        return _stacks(self.model, ("blocks",), hs=None)
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         if mode == "retention":
@@ -78,35 +98,23 @@ class WanAdapter(ModelAdapter):
         return None
 
 
-class FluxAdapter(ModelAdapter):
+class FluxAdapter(DiffusersAdapter):
     """diffusers ``FluxTransformer2DModel`` (FLUX.1 dev/schnell/Kontext): double- then single-stream blocks."""
 
     name = "diffusers-flux"
     architectures = ("FluxTransformer2DModel",)
-    capabilities = _ALL
-
-    @classmethod
-    def matches(cls, model) -> bool:
-        return class_name_matches(model, cls.architectures, "diffusers")
 
     def blocks(self):
-        m = self.model
-        return [BlockSpec(b, hidden_states_index=1, encoder_hidden_states_index=0) for b in m.transformer_blocks] + [
-            BlockSpec(b, hidden_states_index=1, encoder_hidden_states_index=0) for b in m.single_transformer_blocks
-        ]
+        return _stacks(self.model, ("transformer_blocks", "single_transformer_blocks"), hs=1, enc=0)
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
-        block = self.model.transformer_blocks[0]
-        spec = self.spec_of(block)
-        hs = spec.get_arg("hidden_states", block_args, block_kwargs)
-        temb = spec.get_arg("temb", block_args, block_kwargs)
-        return block.norm1(hs, emb=temb)[0]
+        return self._block0_norm1(block_args, block_kwargs)
 
     def teacache_profile(self, mode="normal"):
         return "flux-kontext" if "kontext" in _name(self.model) else "flux"
 
 
-class HunyuanVideoAdapter(ModelAdapter):
+class HunyuanVideoAdapter(DiffusersAdapter):
     """diffusers ``HunyuanVideoTransformer3DModel``: dual-stream then single-stream blocks, each returning
     ``(hidden_states, encoder_hidden_states)``.
 
@@ -117,28 +125,19 @@ class HunyuanVideoAdapter(ModelAdapter):
 
     name = "diffusers-hunyuanvideo"
     architectures = ("HunyuanVideoTransformer3DModel",)
-    capabilities = _ALL
-
-    @classmethod
-    def matches(cls, model) -> bool:
-        return class_name_matches(model, cls.architectures, "diffusers")
 
     def blocks(self):
-        m = self.model
-        return [BlockSpec(b, hidden_states_index=0, encoder_hidden_states_index=1) for b in m.transformer_blocks] + [
-            BlockSpec(b, hidden_states_index=0, encoder_hidden_states_index=1) for b in m.single_transformer_blocks
-        ]
+        return _stacks(self.model, ("transformer_blocks", "single_transformer_blocks"), hs=0, enc=1)
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
+        if getattr(self.model.config, "image_condition_type", None) != "token_replace":
+            return self._block0_norm1(block_args, block_kwargs)
         block = self.model.transformer_blocks[0]
         spec = self.spec_of(block)
-        hs = spec.get_arg("hidden_states", block_args, block_kwargs)
-        temb = spec.get_arg("temb", block_args, block_kwargs)
-        if getattr(self.model.config, "image_condition_type", None) == "token_replace":
-            token_replace_emb = spec.get_arg("token_replace_emb", block_args, block_kwargs)
-            num_tokens = spec.get_arg("num_tokens", block_args, block_kwargs)
-            return block.norm1(hs, temb, token_replace_emb, num_tokens)[0]
-        return block.norm1(hs, emb=temb)[0]
+        hs, temb, token_replace_emb, num_tokens = (
+            spec.get_arg(a, block_args, block_kwargs) for a in ("hidden_states", "temb", "token_replace_emb", "num_tokens")
+        )
+        return block.norm1(hs, temb, token_replace_emb, num_tokens)[0]
 
     def teacache_profile(self, mode="normal"):
         # the published coefficients were fit on text-to-video; I2V (token_replace) falls back to identity
@@ -147,7 +146,7 @@ class HunyuanVideoAdapter(ModelAdapter):
         return "hunyuanvideo"
 
 
-class CogVideoXAdapter(ModelAdapter):
+class CogVideoXAdapter(DiffusersAdapter):
     """diffusers ``CogVideoXTransformer3DModel`` (CogVideoX 2B/5B, 1.5, I2V): blocks return
     ``(hidden_states, encoder_hidden_states)``.
 
@@ -158,15 +157,9 @@ class CogVideoXAdapter(ModelAdapter):
 
     name = "diffusers-cogvideox"
     architectures = ("CogVideoXTransformer3DModel",)
-    capabilities = _ALL
-
-    @classmethod
-    def matches(cls, model) -> bool:
-        return class_name_matches(model, cls.architectures, "diffusers")
 
     def blocks(self):
-        blocks = self.model.transformer_blocks
-        return [BlockSpec(b, hidden_states_index=0, encoder_hidden_states_index=1) for b in blocks]
+        return _stacks(self.model, ("transformer_blocks",), hs=0, enc=1)
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         spec = self.spec_of(self.model.transformer_blocks[0])
@@ -186,19 +179,14 @@ class CogVideoXAdapter(ModelAdapter):
         return None
 
 
-class LTXVideoAdapter(ModelAdapter):
+class LTXVideoAdapter(DiffusersAdapter):
     """diffusers ``LTXVideoTransformer3DModel``: single-stream blocks with a scale-shift table."""
 
     name = "diffusers-ltxvideo"
     architectures = ("LTXVideoTransformer3DModel",)
-    capabilities = _ALL
-
-    @classmethod
-    def matches(cls, model) -> bool:
-        return class_name_matches(model, cls.architectures, "diffusers")
 
     def blocks(self):
-        return [BlockSpec(b, hidden_states_index=None) for b in self.model.transformer_blocks]
+        return _stacks(self.model, ("transformer_blocks",), hs=None)
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         block = self.model.transformer_blocks[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -27,6 +28,8 @@ from ...core.config import StrategyConfig, option
 from ...core.errors import ConfigError, DynaccelError
 from ...core.strategy import Handle, RunProbe
 from . import kernels
+
+logger = logging.getLogger("dynaccel")
 
 RUN_HOOK = "dynaccel.cache.run"
 BLOCK_HOOK = "dynaccel.cache.block"
@@ -261,6 +264,8 @@ class CacheEngine:
         if self.run is not None and not self.run.finished:
             self.run.finished = True
             self.policy.run_finished(self.run)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(self.summary())
             for b in self.run.branches.values():
                 b.data.clear()  # free cached tensors; keep the counts for stats
 
@@ -402,6 +407,13 @@ class CacheEngine:
         }
 
 
+    def summary(self) -> str:
+        s = self.stats()
+        parts = ", ".join(f"{n} {b['computed']}/{b['computed'] + b['skipped']}" for n, b in s["branches"].items())
+        speed = f", {s['pass_speedup']:.2f}x fewer passes" if s["pass_speedup"] else ""
+        return f"{self.strategy}: computed {s['computed']}/{s['passes']} transformer passes ({parts}){speed}"
+
+
 class CacheHandle(Handle):
     """Handle of a cache strategy on one model."""
 
@@ -420,10 +432,7 @@ class CacheHandle(Handle):
         return self.engine.stats()
 
     def summary(self) -> str:
-        s = self.stats
-        parts = ", ".join(f"{n} {b['computed']}/{b['computed'] + b['skipped']}" for n, b in s["branches"].items())
-        speed = f", {s['pass_speedup']:.2f}x fewer passes" if s["pass_speedup"] else ""
-        return f"{self.strategy}: computed {s['computed']}/{s['passes']} transformer passes ({parts}){speed}"
+        return self.engine.summary()
 
 
 def apply_policy(strategy_cls: Any, target: Any, config: CacheConfig, policy: CachePolicy, probe: RunProbe | None):

@@ -136,7 +136,10 @@ class _MagCachePolicy(CachePolicy):
         cal = {}
         for branch, by_step in self._record.items():
             n = max(run.num_steps or 0, max(by_step) + 1)
-            cal[branch] = [by_step.get(i, 1.0) for i in range(n)]
+            if len(by_step) < n:  # an interrupted calibration run: calibrate again on the next generation
+                self._record = {}
+                return
+            cal[branch] = [by_step[i] for i in range(n)]
         self.calibration = cal
         self.calibrating = False
         if self.config.ratios_path:

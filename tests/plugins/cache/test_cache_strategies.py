@@ -185,3 +185,50 @@ def test_handle_summary_names_what_was_skipped(pipe_of):
     line = handle.summary()
     s = handle.stats
     assert line.startswith(f"fbcache: computed {s['computed']}/20 transformer passes (cond ")
+
+
+def test_each_generation_logs_what_was_skipped(pipe_of, caplog):
+    pipe, run = pipe_of("wan")
+    pipe.enable_accel("fbcache", threshold=1.0)
+    with caplog.at_level("INFO", logger="dynaccel"):
+        run(pipe)
+    s = pipe.accel_stats["fbcache"]
+    cond, uncond = s["branches"]["cond"]["computed"], s["branches"]["uncond"]["computed"]
+    expected = (f"fbcache: computed {s['computed']}/20 transformer passes (cond {cond}/10, uncond {uncond}/10), "
+                f"{20 / s['computed']:.2f}x fewer passes")
+    assert [r.getMessage() for r in caplog.records if r.name == "dynaccel"] == [expected]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_generation_interrupted_midway_does_not_leak_into_the_next(pipe_of, strategy):
+    pipe, run = pipe_of("wan")
+    pipe.enable_accel(strategy, threshold=HIGH[strategy])
+    clean = _run_accelerated(run, pipe, strategy)
+
+    def stop_at_step_4(p, i, t, kwargs):
+        if i == 4:
+            raise KeyboardInterrupt("user stopped the generation")
+        return kwargs
+
+    with pytest.raises(KeyboardInterrupt):
+        pipe(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32), height=16, width=16,
+             num_frames=5, num_inference_steps=10, output_type="latent", callback_on_step_end=stop_at_step_4)
+    assert torch.equal(run(pipe), clean)
+
+
+def test_an_interrupted_magcache_calibration_is_not_kept(pipe_of):
+    pipe, run = pipe_of("wan")
+    handle = pipe.enable_accel("magcache", threshold=1.0)
+
+    def stop_at_step_4(p, i, t, kwargs):
+        if i == 4:
+            raise KeyboardInterrupt
+        return kwargs
+
+    with pytest.raises(KeyboardInterrupt):
+        pipe(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32), height=16, width=16,
+             num_frames=5, num_inference_steps=10, output_type="latent", callback_on_step_end=stop_at_step_4)
+    run(pipe)  # calibrates in full
+    assert handle.stats["skipped"] == 0 and handle.stats["calibrated"]
+    run(pipe)
+    assert handle.stats["skipped"] > 0
