@@ -106,6 +106,7 @@ def main() -> None:
         out, t = timed()
         s = handle.stats
         rows.append(dict(strategy=name, settings=json.dumps(cfg), computed=s["computed"], passes=s["passes"],
+                         blocks_computed=s.get("blocks_computed"), blocks_reused=s.get("blocks_reused"),
                          time_s=t, speedup=base_t / t, psnr_db=psnr(out, base)))
         pipe.disable_accel()
         print(rows[-1], flush=True)
@@ -123,6 +124,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         comp = "-" if r["computed"] is None else f"{r['computed']}/{r['passes']}"
+        if r.get("blocks_computed") is not None:
+            comp = f"{r['blocks_computed']}/{r['blocks_computed'] + r['blocks_reused']} block calls"
         print(f"| {r['strategy']} | {r['settings']} | {comp} | {r['time_s']:.2f} | {r['speedup']:.2f}x | {r['psnr_db']:.1f} |")
     meta = dict(device=device_name, torch=torch.__version__, tokens=tokens, steps=args.steps,
                 height=args.height, width=args.width, frames=args.frames, repeats=args.repeats,

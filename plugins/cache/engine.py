@@ -63,6 +63,8 @@ class BranchState:
     computed: int = 0
     skipped: int = 0
     skipped_steps: list[int] = field(default_factory=list)
+    blocks_computed: int = 0  # per-block policies: block calls computed / reused
+    blocks_reused: int = 0
     data: dict[str, Any] = field(default_factory=dict)  # the policy's tensors and counters
 
 
@@ -98,7 +100,8 @@ class Pass:
 class CachePolicy:
     """What a cache strategy decides. Override the callbacks it needs; set ``level`` and ``anchor``."""
 
-    #: "blocks": skip the block stack and reuse its residual (needs an adapter); "model": skip the whole call
+    #: "blocks": skip the block stack and reuse its residual (needs an adapter); "model": skip the whole call;
+    #: "per_block": each block decides on its own whether to reuse its cached residual
     level = "blocks"
     #: for block level: where the cached residual starts, "input" (of block 0) or "block0" (its output)
     anchor = "input"
@@ -124,6 +127,20 @@ class CachePolicy:
 
     def model_skip_output(self, p: Pass, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def residuals(self, p: Pass) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The residuals a skipped block-level pass adds (default: the last computed ones; forecasters override)."""
+        return p.branch.data.get("res_hs"), p.branch.data.get("res_enc")
+
+    def pass_finished(self, p: Pass) -> None:
+        """A block-level or per-block pass returned (computed or skipped)."""
+
+    def block_reuse(self, p: Pass, i: int, hs: torch.Tensor) -> bool:
+        """Per-block policies: whether block ``i`` reuses its cached residual in this pass."""
+        return False
+
+    def block_computed(self, p: Pass, i: int, hs_in: torch.Tensor, residual: torch.Tensor) -> None:
+        """Per-block policies: block ``i`` was computed; ``residual`` is its new cached hidden-states residual."""
 
     def run_started(self, run: RunState) -> None:
         """A new generation starts."""
@@ -222,14 +239,14 @@ class CacheEngine:
         self.run: RunState | None = None
         self.current: Pass | None = None
         self.manual_steps: int | None = None
-        self.specs = policy.adapter.blocks() if policy.level == "blocks" else []
+        self.specs = policy.adapter.blocks() if policy.level in ("blocks", "per_block") else []
         self.installed = False
 
     # ---- installation -------------------------------------------------------------------------------------------
     def install(self) -> None:
         HookRegistry, RunHook, BlockHook = _hook_classes()
         try:
-            if self.policy.adapter is not None and self.policy.level == "blocks":
+            if self.specs:
                 self.policy.adapter.attach()
             HookRegistry.check_if_exists_or_initialize(self.model).register_hook(RunHook(self), RUN_HOOK)
             for i, spec in enumerate(self.specs):
@@ -249,7 +266,7 @@ class CacheEngine:
             if hasattr(spec.module, "_diffusers_hook"):
                 spec.module._diffusers_hook.remove_hook(BLOCK_HOOK, recurse=False)
         registry.invalidate_child_registries_cache()
-        if self.policy.adapter is not None and self.policy.level == "blocks":
+        if self.specs:
             self.policy.adapter.detach()
         self.run = None
         self.installed = False
@@ -329,6 +346,7 @@ class CacheEngine:
             else:
                 self.policy.begin(p, None)
                 out = orig(*args, **kwargs)
+                self.policy.pass_finished(p)
         finally:
             self.current = None
         if p.skip:
@@ -343,6 +361,8 @@ class CacheEngine:
         if p is None:  # a block called outside a model pass: nothing to decide
             return orig(*args, **kwargs)
         spec = self.specs[i]
+        if self.policy.level == "per_block":
+            return self._per_block(p, i, spec, orig, args, kwargs)
         last = i == len(self.specs) - 1
         if i == 0:
             hs, enc = spec.inputs(args, kwargs)
@@ -376,14 +396,29 @@ class CacheEngine:
         self.policy.computed(p, data["res_hs"])
 
     def _reuse(self, p: Pass, hs: torch.Tensor, enc: torch.Tensor | None):
-        data = p.branch.data
-        res = data.get("res_hs")
+        res, res_enc = self.policy.residuals(p)
         if res is None or res.shape != hs.shape:
             raise DynaccelError(f"{self.strategy}: internal error: a pass was skipped with no cached residual")
         new_hs = kernels.residual_add(hs, res)
-        res_enc = data.get("res_enc")
         new_enc = kernels.residual_add(enc, res_enc) if enc is not None and res_enc is not None else enc
         return new_hs, new_enc
+
+    def _per_block(self, p: Pass, i: int, spec: Any, orig: Callable, args: tuple, kwargs: dict) -> Any:
+        hs, enc = spec.inputs(args, kwargs)
+        cache = p.branch.data.setdefault("blocks", {})
+        cached = cache.get(i)
+        if cached is not None and cached[0].shape == hs.shape and not p.forced and self.policy.block_reuse(p, i, hs):
+            p.branch.blocks_reused += 1
+            res_hs, res_enc = cached
+            new_enc = kernels.residual_add(enc, res_enc) if enc is not None and res_enc is not None else enc
+            return spec.pack(kernels.residual_add(hs, res_hs), new_enc)
+        out = orig(*args, **kwargs)
+        ohs, oenc = spec.outputs(out)
+        res_hs = ohs - hs
+        cache[i] = (res_hs, oenc - enc if oenc is not None and enc is not None else None)
+        p.branch.blocks_computed += 1
+        self.policy.block_computed(p, i, hs, res_hs)
+        return out
 
     # ---- stats --------------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -403,12 +438,23 @@ class CacheEngine:
                 name: {"computed": b.computed, "skipped": b.skipped, "skipped_steps": list(b.skipped_steps)}
                 for name, b in branches.items()
             },
+            **(
+                {
+                    "blocks_computed": sum(b.blocks_computed for b in branches.values()),
+                    "blocks_reused": sum(b.blocks_reused for b in branches.values()),
+                }
+                if self.policy.level == "per_block"
+                else {}
+            ),
             **self.policy.extra_stats(),
         }
 
 
     def summary(self) -> str:
         s = self.stats()
+        if "blocks_computed" in s:
+            total = s["blocks_computed"] + s["blocks_reused"]
+            return f"{self.strategy}: computed {s['blocks_computed']}/{total} block calls in {s['passes']} passes"
         parts = ", ".join(f"{n} {b['computed']}/{b['computed'] + b['skipped']}" for n, b in s["branches"].items())
         speed = f", {s['pass_speedup']:.2f}x fewer passes" if s["pass_speedup"] else ""
         return f"{self.strategy}: computed {s['computed']}/{s['passes']} transformer passes ({parts}){speed}"

@@ -17,20 +17,18 @@ sync at all; each CFG branch has its own ratios and accumulators.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ...core.adapters import BLOCKS
 from ...core.config import option
-from ...core.errors import ConfigError
 from ...core.strategy import Strategy
-from .engine import CacheConfig, CachePolicy, Pass, RunState, apply_policy
+from . import calibration
+from .engine import CacheConfig, CachePolicy, Pass, apply_policy
 
-CALIBRATION_FORMAT = "dynaccel.magcache.ratios/1"
+CALIBRATION_FORMAT = "dynaccel.magcache.ratios/2"
 
 
 @dataclass(frozen=True)
@@ -48,55 +46,25 @@ class MagCacheConfig(CacheConfig):
 
 
 def load_ratios(path: str | Path) -> dict[str, list[float]]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"option 'ratios_path': {str(path)!r} is not valid JSON ({exc})") from exc
-    if data.get("format") != CALIBRATION_FORMAT or not isinstance(data.get("ratios"), dict):
-        raise ConfigError(
-            f"option 'ratios_path': {str(path)!r} is not a MagCache calibration file; accepted: JSON with "
-            f"format {CALIBRATION_FORMAT!r} and a 'ratios' object of lists"
-        )
-    return {k: [float(x) for x in v] for k, v in data["ratios"].items()}
+    data = calibration.load(path, CALIBRATION_FORMAT, "ratios_path")
+    return {k: [float(x) for x in v] for k, v in data.items()}
 
 
-def resample(ratios: list[float], n: int) -> list[float]:
-    """Ratios for ``n`` steps from a calibration of ``len(ratios)`` steps (linear over the step fraction)."""
-    m = len(ratios)
-    if m == n or m == 0:
-        return list(ratios)
-    if m == 1 or n == 1:
-        return [ratios[0]] * n
-    out = []
-    for i in range(n):
-        pos = i * (m - 1) / (n - 1)
-        lo = int(pos)
-        hi = min(lo + 1, m - 1)
-        w = pos - lo
-        out.append(ratios[lo] * (1 - w) + ratios[hi] * w)
-    return out
+resample = calibration.resample
 
 
-class _MagCachePolicy(CachePolicy):
+class _MagCachePolicy(calibration.CalibratedPolicy, CachePolicy):
     level = "blocks"
     anchor = "input"
+    calibration_format = CALIBRATION_FORMAT
+    calibration_option = "ratios_path"
 
     def __init__(self, config: MagCacheConfig, adapter):
         super().__init__(config, adapter)
-        self.calibration: dict[str, list[float]] | None = None
-        self.calibrating = False
-        self._record: dict[str, dict[int, float]] = {}
-        if config.ratios_path and Path(config.ratios_path).exists():
-            self.calibration = load_ratios(config.ratios_path)
-
-    def run_started(self, run: RunState) -> None:
-        self.calibrating = self.calibration is None
-        self._record = {}
+        self.init_calibration(config)
 
     def _ratio(self, branch: str, step: int, n: int | None) -> float:
-        cal = self.calibration
-        ratios = cal.get(branch) or cal.get("default") or next(iter(cal.values()))
+        ratios = self.profile(branch)
         if n is not None:
             ratios = resample(ratios, n)
         return ratios[step] if step < len(ratios) else 1.0
@@ -127,28 +95,8 @@ class _MagCachePolicy(CachePolicy):
             cur_n = torch.linalg.vector_norm(residual.float(), dim=-1)
             prev_n = torch.linalg.vector_norm(prev.float(), dim=-1).clamp_min(1e-12)
             ratio = float((cur_n / prev_n).mean())
-        self._record.setdefault(p.branch.name, {})[p.step] = ratio
+        self.record(p.branch.name, p.step, ratio)
         data["cal_prev"] = residual
-
-    def run_finished(self, run: RunState) -> None:
-        if not self.calibrating or not self._record:
-            return
-        cal = {}
-        for branch, by_step in self._record.items():
-            n = max(run.num_steps or 0, max(by_step) + 1)
-            if len(by_step) < n:  # an interrupted calibration run: calibrate again on the next generation
-                self._record = {}
-                return
-            cal[branch] = [by_step[i] for i in range(n)]
-        self.calibration = cal
-        self.calibrating = False
-        if self.config.ratios_path:
-            path = Path(self.config.ratios_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"format": CALIBRATION_FORMAT, "ratios": cal}, indent=1))
-
-    def extra_stats(self) -> dict[str, Any]:
-        return {"calibrating": self.calibrating, "calibrated": self.calibration is not None}
 
 
 class MagCache(Strategy):

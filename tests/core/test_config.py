@@ -70,7 +70,9 @@ def test_cache_start_must_not_exceed_end():
         TeaCacheConfig.from_kwargs("teacache", start=0.8, end=0.5)
 
 
-@pytest.mark.parametrize("name", ["teacache", "fbcache", "easycache", "magcache"])
+@pytest.mark.parametrize(
+    "name", ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
+)
 def test_every_builtin_field_has_doc_and_threshold_zero_is_allowed(name):
     info = dynaccel.strategy_info(name)
     fields = {f["name"]: f for f in info["fields"]}

@@ -8,9 +8,17 @@ from tiny_models import PIPELINES, BlockCounter
 
 import dynaccel
 
-STRATEGIES = ["teacache", "fbcache", "easycache", "magcache"]
+STRATEGIES = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
+CALIBRATED = {"magcache", "smoothcache"}  # the first generation calibrates in full
+PER_BLOCK = {"bwcache", "smoothcache"}  # blocks decide one by one: passes are never skipped whole
 # thresholds at which the tiny random models skip a good share of passes
-HIGH = {"teacache": 1.0, "fbcache": 1.0, "easycache": 0.5, "magcache": 1.0}
+HIGH = {"teacache": 1.0, "fbcache": 1.0, "easycache": 0.5, "magcache": 1.0, "adacache": 1.0, "bwcache": 1.0,
+        "smoothcache": 1.0, "taylorseer": 1.0}
+
+
+def reused(stats):
+    """Passes skipped, or block calls reused for the per-block strategies."""
+    return stats["skipped"] + stats.get("blocks_reused", 0)
 
 CASES = [pytest.param(arch, s, id=f"{arch}-{s}") for arch in PIPELINES for s in STRATEGIES]
 
@@ -41,7 +49,7 @@ def pipe_of(pipes):
 
 def _run_accelerated(run, pipe, strategy):
     out = run(pipe)
-    if strategy == "magcache":  # the first call calibrates in full
+    if strategy in CALIBRATED:  # the first call calibrates in full
         out = run(pipe)
     return out
 
@@ -52,7 +60,7 @@ def test_threshold_zero_is_bit_identical(pipe_of, baselines, arch, strategy):
     pipe.enable_accel(strategy, threshold=0.0)
     out = _run_accelerated(run, pipe, strategy)
     assert torch.equal(out, baselines[arch])
-    assert pipe.accel_stats[strategy]["skipped"] == 0
+    assert reused(pipe.accel_stats[strategy]) == 0
 
 
 @pytest.mark.parametrize("arch,strategy", CASES)
@@ -62,14 +70,16 @@ def test_high_threshold_computes_fewer_blocks(pipe_of, baselines, arch, strategy
     run(pipe)
     plain.remove()
     pipe.enable_accel(strategy, threshold=HIGH[strategy])
-    if strategy == "magcache":
+    if strategy in CALIBRATED:
         run(pipe)
     counter = BlockCounter(pipe)
     out = run(pipe)
     counter.remove()
     stats = pipe.accel_stats[strategy]
     assert counter.count < plain.count
-    assert stats["skipped"] > 0 and stats["computed"] + stats["skipped"] == stats["passes"] == 20
+    assert reused(stats) > 0 and stats["computed"] + stats["skipped"] == stats["passes"] == 20
+    if strategy in PER_BLOCK:
+        assert stats["blocks_computed"] == counter.count and stats["skipped"] == 0
     assert torch.isfinite(out).all()
     assert not torch.equal(out, baselines[arch])
 
@@ -113,7 +123,7 @@ def test_cfg_with_batch_two_keeps_state_per_branch(pipe_of, arch, strategy):
     for branch in stats["branches"].values():
         assert branch["computed"] + branch["skipped"] == 10
         assert 0 not in branch["skipped_steps"] and 9 not in branch["skipped_steps"]
-    assert stats["skipped"] > 0
+    assert reused(stats) > 0
 
 
 @pytest.mark.parametrize("arch,strategy", CASES)
@@ -158,7 +168,7 @@ def test_magcache_calibration_is_saved_and_reused(pipe_of, tmp_path):
     run(pipe)
     assert pipe.accel_stats["magcache"]["skipped"] == 0  # calibration run is full compute
     saved = json.loads(path.read_text())
-    assert set(saved["ratios"]) == {"cond", "uncond"} and len(saved["ratios"]["cond"]) == 10
+    assert set(saved["data"]) == {"cond", "uncond"} and len(saved["data"]["cond"]) == 10
     accelerated = run(pipe)
     pipe.disable_accel()
     # a fresh enable reads the file: no calibration run, same decisions
@@ -232,3 +242,63 @@ def test_an_interrupted_magcache_calibration_is_not_kept(pipe_of):
     assert handle.stats["skipped"] == 0 and handle.stats["calibrated"]
     run(pipe)
     assert handle.stats["skipped"] > 0
+
+
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s not in PER_BLOCK])
+def test_start_and_end_fractions_bound_the_skipped_steps(pipe_of, strategy):
+    pipe, run = pipe_of("wan")
+    pipe.enable_accel(strategy, threshold=HIGH[strategy], start=0.3, end=0.8)
+    _run_accelerated(run, pipe, strategy)
+    stats = pipe.accel_stats[strategy]
+    skipped = [s for b in stats["branches"].values() for s in b["skipped_steps"]]
+    assert skipped and all(3 <= s < 8 for s in skipped)
+
+
+def test_smoothcache_profile_is_saved_reused_and_checked(pipe_of, tmp_path):
+    pipe, run = pipe_of("flux")
+    path = tmp_path / "smooth.json"
+    pipe.enable_accel("smoothcache", threshold=1.0, calibration_path=str(path))
+    run(pipe)
+    assert pipe.accel_stats["smoothcache"]["blocks_reused"] == 0 and path.exists()
+    profile = json.loads(path.read_text())["data"]
+    assert set(profile) == {"cond", "uncond"}
+    assert len(profile["cond"]) == 10 and all(len(row) == 3 for row in profile["cond"])  # 10 steps x 3 blocks
+    accelerated = run(pipe)
+    pipe.enable_accel("smoothcache", threshold=1.0, calibration_path=str(path))  # reads the file: no calibration
+    assert torch.equal(run(pipe), accelerated)
+    assert pipe.accel_stats["smoothcache"]["blocks_reused"] > 0
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else", "data": {}}')
+    with pytest.raises(dynaccel.ConfigError, match="option 'calibration_path': .* is not a calibration file"):
+        pipe.enable_accel("smoothcache", calibration_path=str(bad))
+    assert list(pipe.accel_stats) == ["smoothcache"]  # the previous one is still active
+
+
+def test_bwcache_reports_reuse_per_block(pipe_of):
+    pipe, run = pipe_of("wan")
+    pipe.enable_accel("bwcache", threshold=1.0)
+    run(pipe)
+    stats = pipe.accel_stats["bwcache"]
+    assert len(stats["reused_per_block"]) == 3 and sum(stats["reused_per_block"]) == stats["blocks_reused"] > 0
+
+
+def test_taylorseer_forecast_differs_from_plain_reuse(pipe_of):
+    pipe, run = pipe_of("wan")
+    pipe.enable_accel("taylorseer", threshold=1.0, order=0)
+    reuse = run(pipe)
+    reuse_steps = pipe.accel_stats["taylorseer"]["branches"]
+    pipe.enable_accel("taylorseer", threshold=1.0, order=1)
+    forecast = run(pipe)
+    assert pipe.accel_stats["taylorseer"]["skipped"] > 0
+    if pipe.accel_stats["taylorseer"]["branches"] == reuse_steps:  # same schedule: only the residual differs
+        assert not torch.equal(forecast, reuse)
+
+
+def test_adacache_reuses_more_with_a_larger_budget(pipe_of):
+    pipe, run = pipe_of("wan")
+    computed = []
+    for threshold in (0.05, 0.2, 1.0):
+        pipe.enable_accel("adacache", threshold=threshold)
+        run(pipe)
+        computed.append(pipe.accel_stats["adacache"]["computed"])
+    assert computed[0] >= computed[1] >= computed[2] and computed[0] > computed[2]

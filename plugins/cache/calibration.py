@@ -1,0 +1,112 @@
+"""Calibration files of the calibrated cache strategies (MagCache ratios, SmoothCache error profiles).
+
+JSON with a ``format`` tag; written to a temporary file and renamed, so an interrupted write never leaves a
+half-written calibration behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ...core.errors import ConfigError
+
+
+def load(path: str | Path, fmt: str, option_name: str) -> dict[str, Any]:
+    """The ``data`` object of calibration file ``path``; ConfigError naming ``option_name`` when it is not one."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"option {option_name!r}: {str(path)!r} is not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != fmt or not isinstance(doc.get("data"), dict):
+        raise ConfigError(
+            f"option {option_name!r}: {str(path)!r} is not a calibration file of this strategy; accepted: JSON with "
+            f"format {fmt!r} and a 'data' object"
+        )
+    return doc["data"]
+
+
+def save(path: str | Path, fmt: str, data: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": fmt, "data": data}, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def resample(values: list[float], n: int) -> list[float]:
+    """``n`` values from a profile of ``len(values)`` steps (linear over the step fraction)."""
+    m = len(values)
+    if m == n or m == 0:
+        return list(values)
+    if m == 1 or n == 1:
+        return [values[0]] * n
+    out = []
+    for i in range(n):
+        pos = i * (m - 1) / (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, m - 1)
+        w = pos - lo
+        out.append(values[lo] * (1 - w) + values[hi] * w)
+    return out
+
+
+class CalibratedPolicy:
+    """Mixin for policies calibrated from one full generation (run through a CachePolicy subclass).
+
+    The first generation with no calibration runs in full and records one value (a number or a list) per step
+    and CFG branch; when it completes, the profile is kept (and saved to the path in config option
+    ``calibration_option`` when that is set); an interrupted calibration run is discarded. A path that exists is
+    read instead, and no calibration run is needed.
+    """
+
+    calibration_format: str
+    calibration_option: str
+
+    def init_calibration(self, config: Any) -> None:
+        self.calibration: dict[str, list[Any]] | None = None
+        self.calibrating = False
+        self._record: dict[str, dict[int, Any]] = {}
+        path = getattr(config, self.calibration_option)
+        if path and Path(path).exists():
+            self.calibration = load(path, self.calibration_format, self.calibration_option)
+
+    def run_started(self, run: Any) -> None:
+        self.calibrating = self.calibration is None
+        self._record = {}
+
+    def record(self, branch: str, step: int, value: Any) -> None:
+        self._record.setdefault(branch, {})[step] = value
+
+    def profile(self, branch: str) -> list[Any]:
+        cal = self.calibration
+        return cal.get(branch) or cal.get("default") or next(iter(cal.values()))
+
+    def run_finished(self, run: Any) -> None:
+        if not self.calibrating or not self._record:
+            return
+        cal = {}
+        for branch, by_step in self._record.items():
+            n = max(run.num_steps or 0, max(by_step) + 1)
+            if len(by_step) < n:  # an interrupted calibration run: calibrate again on the next generation
+                self._record = {}
+                return
+            cal[branch] = [by_step[i] for i in range(n)]
+        self.calibration = cal
+        self.calibrating = False
+        path = getattr(self.config, self.calibration_option)
+        if path:
+            save(path, self.calibration_format, cal)
+
+    def extra_stats(self) -> dict[str, Any]:
+        return {"calibrating": self.calibrating, "calibrated": self.calibration is not None}
