@@ -19,11 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ...core.adapters import BLOCKS
 from ...core.config import option
-from ...core.strategy import Strategy
 from . import kernels
-from .engine import CacheConfig, CachePolicy, Pass, apply_policy
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ class _AdaCachePolicy(CachePolicy):
             data["reuse_left"] = left - 1
 
 
-class AdaCache(Strategy):
+class AdaCache(CacheStrategy):
     """AdaCache (arXiv 2411.02397): the residual's rate of change at each computed step sets how many of the
     next passes reuse it.
 
@@ -73,12 +71,7 @@ class AdaCache(Strategy):
     """
 
     name = "adacache"
-    family = "cache"
+    Policy = _AdaCachePolicy
     Config = AdaCacheConfig
     summary = "content-adaptive schedule: the residual's rate of change sets how long to reuse it"
     paper = "Kahatapitiya et al., Adaptive Caching for Faster Video Generation with Diffusion Transformers (arXiv 2411.02397)"
-    needs_adapter = True
-    needs_capabilities = frozenset({BLOCKS})
-
-    def apply(self, target, config, adapter, run_probe):
-        return apply_policy(type(self), target, config, _AdaCachePolicy(config, adapter), run_probe)

@@ -19,11 +19,9 @@ from typing import Any
 
 import torch
 
-from ...core.adapters import BLOCKS
 from ...core.config import option
-from ...core.strategy import Strategy
 from . import kernels
-from .engine import CacheConfig, CachePolicy, Pass, RunState, all_below, apply_policy
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, RunState, all_below
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ class _BWCachePolicy(CachePolicy):
         return {"reused_per_block": list(self.reused_per_block)}
 
 
-class BWCache(Strategy):
+class BWCache(CacheStrategy):
     """BWCache (arXiv 2509.13789): per-block reuse of cached residuals while each block's input barely changes.
 
     Example::
@@ -75,12 +73,7 @@ class BWCache(Strategy):
     """
 
     name = "bwcache"
-    family = "cache"
+    Policy = _BWCachePolicy
     Config = BWCacheConfig
     summary = "block-wise: each block reuses its residual while its own input barely changes"
     paper = "BWCache: Accelerating Video Diffusion Transformers through Block-Wise Caching (arXiv 2509.13789)"
-    needs_adapter = True
-    needs_capabilities = frozenset({BLOCKS})
-
-    def apply(self, target, config, adapter, run_probe):
-        return apply_policy(type(self), target, config, _BWCachePolicy(config, adapter), run_probe)

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from ...core.config import option
-from ...core.strategy import Strategy
 from . import kernels
-from .engine import CacheConfig, CachePolicy, Pass, all_below, apply_policy
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, all_below
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class _EasyCachePolicy(CachePolicy):
         return delta.clone()
 
 
-class EasyCache(Strategy):
+class EasyCache(CacheStrategy):
     """EasyCache (arXiv 2507.02860): runtime-adaptive reuse of the whole transformer's transformation, on any
     diffusers transformer.
 
@@ -95,11 +94,9 @@ class EasyCache(Strategy):
     """
 
     name = "easycache"
-    family = "cache"
+    Policy = _EasyCachePolicy
     Config = EasyCacheConfig
     summary = "model-agnostic: predicted output change from the runtime transformation rate decides reuse"
     paper = "Zhou et al., Less is Enough: Training-Free Video Diffusion Acceleration via Runtime-Adaptive Caching (arXiv 2507.02860)"
     needs_adapter = False
-
-    def apply(self, target, config, adapter, run_probe):
-        return apply_policy(type(self), target, config, _EasyCachePolicy(config, adapter), run_probe)
+    needs_capabilities = frozenset()

@@ -20,13 +20,14 @@ import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
+from ...core.adapters import BLOCKS
 from ...core.config import StrategyConfig, option
 from ...core.errors import ConfigError, DynaccelError
-from ...core.strategy import Handle, RunProbe
+from ...core.strategy import Handle, RunProbe, Strategy
 from . import kernels
 
 logger = logging.getLogger("dynaccel")
@@ -486,6 +487,18 @@ def apply_policy(strategy_cls: Any, target: Any, config: CacheConfig, policy: Ca
     engine = CacheEngine(target, policy, probe, strategy_cls.name)
     engine.install()
     return CacheHandle(strategy_cls.name, strategy_cls.family, target, config, engine)
+
+
+class CacheStrategy(Strategy):
+    """Base of the cache strategies: a ``Config`` and a ``Policy`` run by the shared engine on the block stack."""
+
+    family = "cache"
+    needs_adapter = True
+    needs_capabilities = frozenset({BLOCKS})
+    Policy: ClassVar[type[CachePolicy]]
+
+    def apply(self, target, config, adapter, run_probe):
+        return apply_policy(type(self), target, config, self.Policy(config, adapter), run_probe)
 
 
 def polyval(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

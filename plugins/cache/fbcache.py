@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...core.adapters import BLOCKS
 from ...core.config import option
-from ...core.strategy import Strategy
 from . import kernels
-from .engine import CacheConfig, CachePolicy, Pass, all_below, apply_policy
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, all_below
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class _FBCachePolicy(CachePolicy):
         data["prev_residual0"] = residual0
 
 
-class FBCache(Strategy):
+class FBCache(CacheStrategy):
     """First-Block Cache: compute block 0, reuse the cached residual of the other blocks while block 0's
     residual barely changes.
 
@@ -65,12 +63,7 @@ class FBCache(Strategy):
     """
 
     name = "fbcache"
-    family = "cache"
+    Policy = _FBCachePolicy
     Config = FBCacheConfig
     summary = "block 0's residual change decides whether the remaining blocks reuse their cached residual"
     paper = "First Block Cache (ParaAttention / cache-dit), after TeaCache (arXiv 2411.19108)"
-    needs_adapter = True
-    needs_capabilities = frozenset({BLOCKS})
-
-    def apply(self, target, config, adapter, run_probe):
-        return apply_policy(type(self), target, config, _FBCachePolicy(config, adapter), run_probe)

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ...core.adapters import BLOCKS
 from ...core.config import option
-from ...core.strategy import Strategy
 from . import calibration
-from .engine import CacheConfig, CachePolicy, Pass, apply_policy
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass
 
 CALIBRATION_FORMAT = "dynaccel.magcache.ratios/2"
 
@@ -99,7 +97,7 @@ class _MagCachePolicy(calibration.CalibratedPolicy, CachePolicy):
         data["cal_prev"] = residual
 
 
-class MagCache(Strategy):
+class MagCache(CacheStrategy):
     """MagCache (arXiv 2506.09045): skip the block stack while the error predicted from calibrated residual
     magnitude ratios stays small; decisions need no device sync.
 
@@ -111,12 +109,7 @@ class MagCache(Strategy):
     """
 
     name = "magcache"
-    family = "cache"
+    Policy = _MagCachePolicy
     Config = MagCacheConfig
     summary = "calibrated residual magnitude ratios predict the error of reuse; decisions without device sync"
     paper = "Ma et al., MagCache: Fast Video Generation with Magnitude-Aware Cache (arXiv 2506.09045)"
-    needs_adapter = True
-    needs_capabilities = frozenset({BLOCKS})
-
-    def apply(self, target, config, adapter, run_probe):
-        return apply_policy(type(self), target, config, _MagCachePolicy(config, adapter), run_probe)

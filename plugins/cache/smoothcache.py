@@ -20,11 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ...core.adapters import BLOCKS
 from ...core.config import option
-from ...core.strategy import Strategy
 from . import calibration, kernels
-from .engine import CacheConfig, CachePolicy, Pass, apply_policy
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass
 
 CALIBRATION_FORMAT = "dynaccel.smoothcache.errors/1"
 
@@ -94,7 +92,7 @@ class _SmoothCachePolicy(calibration.CalibratedPolicy, CachePolicy):
             self.record(p.branch.name, p.step, [row.get(i, 0.0) for i in range(len(self.adapter.blocks()))])
 
 
-class SmoothCache(Strategy):
+class SmoothCache(CacheStrategy):
     """SmoothCache (arXiv 2411.10510): a static per-block reuse schedule calibrated from representation errors.
 
     Example::
@@ -105,12 +103,7 @@ class SmoothCache(Strategy):
     """
 
     name = "smoothcache"
-    family = "cache"
+    Policy = _SmoothCachePolicy
     Config = SmoothCacheConfig
     summary = "static per-block schedule calibrated from representation errors; no device sync"
     paper = "Liu et al., SmoothCache: A Universal Inference Acceleration Technique for Diffusion Transformers (arXiv 2411.10510)"
-    needs_adapter = True
-    needs_capabilities = frozenset({BLOCKS})
-
-    def apply(self, target, config, adapter, run_probe):
-        return apply_policy(type(self), target, config, _SmoothCachePolicy(config, adapter), run_probe)

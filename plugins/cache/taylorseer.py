@@ -21,11 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ...core.adapters import BLOCKS
 from ...core.config import option
-from ...core.strategy import Strategy
 from . import kernels
-from .engine import CacheConfig, CachePolicy, Pass, all_below, apply_policy
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, all_below
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class _TaylorSeerPolicy(CachePolicy):
         return p.branch.data["forecast"], p.branch.data.get("res_enc")
 
 
-class TaylorSeer(Strategy):
+class TaylorSeer(CacheStrategy):
     """TaylorSeer (arXiv 2503.06923): forecast the block stack's residual with a Taylor expansion over the last
     computed steps instead of reusing it unchanged.
 
@@ -90,12 +88,7 @@ class TaylorSeer(Strategy):
     """
 
     name = "taylorseer"
-    family = "cache"
+    Policy = _TaylorSeerPolicy
     Config = TaylorSeerConfig
     summary = "forecasts the skipped residual by a Taylor expansion over the last computed steps"
     paper = "Liu et al., From Reusing to Forecasting: Accelerating Diffusion Models with TaylorSeers (arXiv 2503.06923)"
-    needs_adapter = True
-    needs_capabilities = frozenset({BLOCKS})
-
-    def apply(self, target, config, adapter, run_probe):
-        return apply_policy(type(self), target, config, _TaylorSeerPolicy(config, adapter), run_probe)

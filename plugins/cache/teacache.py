@@ -21,9 +21,8 @@ import torch
 
 from ...core.adapters import BLOCKS, MODULATED_INPUT
 from ...core.config import option
-from ...core.strategy import Strategy
 from . import coefficients, kernels
-from .engine import CacheConfig, CachePolicy, Pass, all_below, apply_policy, polyval
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, all_below, polyval
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class _TeaCachePolicy(CachePolicy):
         return {"coefficients": self.source}
 
 
-class TeaCache(Strategy):
+class TeaCache(CacheStrategy):
     """TeaCache (arXiv 2411.19108): skip the transformer blocks while the rescaled change of block 0's
     timestep-modulated input, accumulated over steps, stays below a threshold.
 
@@ -97,12 +96,8 @@ class TeaCache(Strategy):
     """
 
     name = "teacache"
-    family = "cache"
+    Policy = _TeaCachePolicy
     Config = TeaCacheConfig
     summary = "accumulated, polynomially rescaled change of block 0's modulated input decides when to reuse"
     paper = "Liu et al., Timestep Embedding Tells: It's Time to Cache for Video Diffusion Model (arXiv 2411.19108)"
-    needs_adapter = True
     needs_capabilities = frozenset({BLOCKS, MODULATED_INPUT})
-
-    def apply(self, target, config, adapter, run_probe):
-        return apply_policy(type(self), target, config, _TeaCachePolicy(config, adapter), run_probe)
