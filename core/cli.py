@@ -120,6 +120,50 @@ def quickstart(steps: int, repeats: int) -> None:
     click.echo(qs.format_table(qs.run(steps=steps, repeats=repeats)))
 
 
+DEFAULT_BENCH = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
+DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorseer"]
+
+
+@cli.command()
+@click.option("--model", default="tiny-wan", show_default=True, help="zoo model name or local diffusers pipeline folder")
+@click.option("-s", "--setting", "settings", multiple=True,
+              help="strategy[:key=value,...] or diffusers:NAME[:key=value,...]; repeatable (default: every dynaccel "
+                   "cache strategy at its defaults)")
+@click.option("--peers/--no-peers", default=True, show_default=True, help="add diffusers' built-in cache rows")
+@click.option("--prompt", "prompts", multiple=True, help="repeatable (default: four zoo prompts)")
+@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
+@click.option("--steps", type=click.IntRange(2, 1000), default=None, help="denoising steps (default: the model's)")
+@click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True, help="timed passes (median)")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="torch threads")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-out", show_default=True,
+              help="folder for bench.json and bench.png")
+def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_dir):
+    """Speed and quality of acceleration settings against full compute on one pipeline."""
+    from pathlib import Path
+
+    from ..hf_integration import bench as b
+
+    parsed = [b.parse_setting(x) for x in (settings or DEFAULT_BENCH)]
+    if peers and not any(p.kind == "diffusers" for p in parsed):
+        parsed += [b.parse_setting(x) for x in DEFAULT_PEERS]
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}; accepted: comma-separated integers, e.g. 0,1,2", param_hint="--seeds")
+    path = b.resolve_model(model)
+    pipe = b.load_pipeline(path)
+    b.validate_settings(pipe, parsed)
+    call = b.generation_defaults(model, path)
+    if steps is not None:
+        call["num_inference_steps"] = steps
+    rows = b.run_bench(pipe, parsed, list(prompts) or b.DEFAULT_PROMPTS, seed_list, call, repeats, threads)
+    meta = {"model": model, "path": str(path), "call": call, "prompts": list(prompts) or b.DEFAULT_PROMPTS,
+            "seeds": seed_list, "repeats": repeats, "machine": b.machine(), "date": __import__("time").strftime("%Y-%m-%d")}
+    click.echo(b.format_table(rows))
+    json_path, png_path = b.write_results(Path(out_dir), rows, meta)
+    click.echo(f"\nwrote {json_path} and {png_path}")
+
+
 _commands_loaded = False
 
 

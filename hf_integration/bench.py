@@ -1,0 +1,444 @@
+"""``dynaccel bench``: speed and quality of acceleration settings on one diffusers pipeline, side by side.
+
+Every setting runs the same prompts and seeds. Speed: wall time per generation (a warm-up generation first, the
+median of ``repeats`` passes over all prompts and seeds, torch threads pinned), and the speedup against full
+compute measured in the same process. Work: transformer passes computed (block calls for per-block strategies).
+Quality: against the full-compute output of the same prompt and seed, PSNR over all frames (from the mean squared
+error), the worst frame's PSNR, and the mean SSIM of the frames. Peer rows run the cache methods built into diffusers through the same harness.
+
+    dynaccel bench                                           # zoo tiny-wan, default settings and peers
+    dynaccel bench --model ./my-pipeline -s teacache:threshold=0.1 -s diffusers:fbcache:threshold=0.1
+
+Results: a table on stdout, ``bench.json`` and a speed-vs-quality plot ``bench.png`` in ``--out`` (written to a
+temporary file first, then renamed: an interrupted or failed run leaves no partial file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..core.errors import ConfigError, DynaccelError
+
+#: diffusers' built-in caches usable as peer rows, with the options each accepts
+PEERS = ("fbcache", "magcache", "taylorseer", "fastercache", "pab")
+
+DEFAULT_PROMPTS = [
+    "a red circle moving right fast",
+    "a blue square moving up slow",
+    "a green triangle moving left fast",
+    "a yellow circle moving down slow",
+]
+
+
+class BenchError(DynaccelError):
+    """Bad input to bench/calibrate: a missing model folder, an inapplicable strategy, an unreachable target."""
+
+
+@dataclass
+class Setting:
+    """One row: full compute, a dynaccel strategy, or a diffusers built-in cache (``peer``)."""
+
+    kind: str  # "full", "dynaccel" or "diffusers"
+    strategy: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "full":
+            return "full compute"
+        opts = ",".join(f"{k}={v}" for k, v in self.config.items())
+        name = f"diffusers:{self.strategy}" if self.kind == "diffusers" else self.strategy
+        return f"{name}:{opts}" if opts else name
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_setting(text: str) -> Setting:
+    """``teacache``, ``teacache:threshold=0.1,start=0.1``, ``diffusers:fbcache:threshold=0.1`` or ``full``."""
+    if text == "full":
+        return Setting("full")
+    kind = "dynaccel"
+    if text.startswith("diffusers:"):
+        kind, text = "diffusers", text[len("diffusers:"):]
+    name, _, opts = text.partition(":")
+    config = {}
+    for item in filter(None, opts.split(",")):
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"setting {text!r}: option {item!r} is not key=value; example: teacache:threshold=0.1")
+        config[key.strip()] = _value(val.strip())
+    if kind == "diffusers" and name not in PEERS:
+        raise ConfigError(f"unknown diffusers cache {name!r}; accepted: {', '.join('diffusers:' + p for p in PEERS)}")
+    return Setting(kind, name, config)
+
+
+def resolve_model(model: str) -> Path:
+    """A zoo model name or a local diffusers pipeline folder (one with model_index.json)."""
+    from .. import zoo
+
+    if model in zoo.available():
+        return Path(zoo.path(model))
+    path = Path(model)
+    if path.is_dir() and (path / "model_index.json").is_file():
+        return path
+    why = "does not exist" if not path.exists() else "has no model_index.json"
+    raise BenchError(
+        f"model {model!r}: not a zoo model (available: {', '.join(zoo.available()) or 'none'}) and not a diffusers "
+        f"pipeline folder ({str(path)!r} {why})"
+    )
+
+
+def load_pipeline(path: Path):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(path), dtype=torch.float32)
+    for comp in pipe.components.values():
+        if isinstance(comp, torch.nn.Module):
+            comp.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generation_defaults(model: str, path: Path) -> dict[str, Any]:
+    from .. import zoo
+
+    if model in zoo.available():
+        return zoo.generation_defaults(model)
+    extra = path / "dynaccel_generation.json"  # optional per-folder defaults
+    return json.loads(extra.read_text()) if extra.is_file() else {}
+
+
+# ---- quality ---------------------------------------------------------------------------------------------------
+
+
+def _frames(out: Any) -> torch.Tensor:
+    """Pipeline output -> float tensor (N, F, C, H, W) in [0, 1]."""
+    x = getattr(out, "frames", None)
+    if x is None:
+        x = out.images
+    x = torch.as_tensor(x).float()
+    if x.ndim == 4:  # images (N, C, H, W)
+        x = x[:, None]
+    return x.clamp(0, 1)
+
+
+def _psnr_of(mse: float) -> float:
+    """PSNR in dB for a mean squared error of [0, 1] signals (inf when identical)."""
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM per frame of (..., C, H, W) tensors in [0, 1] (Gaussian window, constants of Wang et al. 2004)."""
+    lead = a.shape[:-3]
+    c, h, w = a.shape[-3:]
+    a = a.reshape(-1, c, h, w)
+    b = b.reshape(-1, c, h, w)
+    size = min(window, h, w) | 1
+    g = torch.exp(-((torch.arange(size) - size // 2) ** 2) / (2 * sigma**2))
+    g = (g / g.sum()).to(a)
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, size, size)
+
+    def blur(x):
+        return torch.nn.functional.conv2d(x, kernel, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1).reshape(lead)
+
+
+# ---- installing settings ------------------------------------------------------------------------------------------
+
+
+def _peer_config(pipe, setting: Setting, steps: int, ratios: list[float] | None):
+    from diffusers import hooks
+
+    cfg = dict(setting.config)
+    name = setting.strategy
+    if name == "fbcache":
+        return hooks.FirstBlockCacheConfig(**cfg)
+    if name == "magcache":
+        if ratios is None:
+            raise BenchError("diffusers:magcache needs calibrated ratios; run dynaccel magcache first (done automatically)")
+        return hooks.MagCacheConfig(num_inference_steps=steps, mag_ratios=ratios, **cfg)
+    if name == "taylorseer":
+        return hooks.TaylorSeerCacheConfig(taylor_factors_dtype=torch.float32, **cfg)
+    if name == "fastercache":
+        return hooks.FasterCacheConfig(current_timestep_callback=lambda: pipe.current_timestep, **cfg)
+    if name == "pab":
+        cfg.setdefault("spatial_attention_block_skip_range", 2)
+        return hooks.PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: pipe.current_timestep, **cfg)
+    raise ConfigError(f"unknown diffusers cache {name!r}")
+
+
+def _denoiser(pipe) -> torch.nn.Module:
+    for attr in ("transformer", "unet"):
+        module = getattr(pipe, attr, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise BenchError(f"{type(pipe).__name__} has no transformer or unet to accelerate")
+
+
+def validate_settings(pipe, settings: list[Setting]) -> None:
+    """Everything that can fail before a single generation: names, options, model support."""
+    from ..core.registry import get_registry
+
+    reg = get_registry()
+    for s in settings:
+        if s.kind != "dynaccel":
+            continue
+        cls = reg.strategy(s.strategy)
+        cls.Config.from_kwargs(s.strategy, **s.config)
+        if cls.needs_adapter:
+            reg.adapter_for(_denoiser(pipe), cls)
+
+
+class _AttentionCounter:
+    """Counts the last block's attention calls: transformer passes that really ran the block stack."""
+
+    def __init__(self, pipe):
+        from ..core.registry import get_registry
+
+        self.count = 0
+        self._hooks = []
+        adapter = get_registry().find_adapter(_denoiser(pipe))
+        if adapter is None:
+            self.count = None
+            return
+        block = adapter.blocks()[-1].module
+        attn = getattr(block, "attn1", None) or getattr(block, "attn", None)
+        if attn is None:
+            self.count = None
+            return
+        self._hooks.append(attn.register_forward_pre_hook(self._hit))
+
+    def _hit(self, *_):
+        self.count += 1
+
+    def remove(self):
+        for h in self._hooks:
+            h.remove()
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    label: str
+    kind: str
+    time_s: float
+    speedup: float
+    computed: str
+    psnr_db: float
+    psnr_min_db: float
+    ssim: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def run_bench(
+    pipe,
+    settings: list[Setting],
+    prompts: list[str],
+    seeds: list[int],
+    call_kwargs: dict[str, Any],
+    repeats: int = 3,
+    threads: int = 1,
+    progress: Callable[[str], Any] | None = None,
+) -> list[Row]:
+    """Full compute first, then every setting; returns one row per setting (full compute first)."""
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(threads)
+    validate_settings(pipe, settings)
+    steps = int(call_kwargs.get("num_inference_steps", 50))
+    jobs = [(p, s) for p in prompts for s in seeds]
+    total = (1 + len(settings)) * (1 + repeats * len(jobs))
+    bar = tqdm(total=total, desc="bench", unit="gen", disable=progress is False)
+
+    counter: _AttentionCounter | None = None
+
+    def generate(prompt, seed):
+        if counter is not None and counter.count is not None:
+            counter.count = 0  # keep the count of the last generation only
+        out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="pt", **call_kwargs)
+        bar.update(1)
+        return _frames(out)
+
+    def measure(label):
+        bar.set_postfix_str(label)
+        generate(*jobs[0])  # warm-up (and the calibration run of calibrated strategies)
+        times, outs = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            outs = [generate(p, s) for p, s in jobs]
+            times.append((time.perf_counter() - t0) / len(jobs))
+        return statistics.median(times), outs
+
+    counter = _AttentionCounter(pipe)
+    base_t, base = measure("full compute")
+    full_passes = counter.count
+    counter.remove()
+    rows = [Row("full compute", "full", base_t, 1.0, "all", math.inf, math.inf, 1.0)]
+    ratios = None
+    for setting in settings:
+        counter = _AttentionCounter(pipe)
+        stats: dict[str, Any] = {}
+        try:
+            if setting.kind == "full":
+                t, outs = measure(setting.label)
+            elif setting.kind == "dynaccel":
+                handle = pipe.enable_accel(setting.strategy, **setting.config)
+                t, outs = measure(setting.label)
+                stats = handle.stats
+                if setting.strategy == "magcache":
+                    ratios = _first_ratios(handle)
+            else:
+                if setting.strategy == "magcache" and ratios is None:
+                    ratios = _calibrate_ratios(pipe, jobs[0], call_kwargs)
+                _denoiser(pipe).enable_cache(_peer_config(pipe, setting, steps, ratios))
+                t, outs = measure(setting.label)
+        finally:
+            if setting.kind == "dynaccel":
+                pipe.disable_accel()
+            elif setting.kind == "diffusers" and getattr(_denoiser(pipe), "is_cache_enabled", False):
+                _denoiser(pipe).disable_cache()
+            counter.remove()
+        # attention-level peers (taylorseer, fastercache, pab) still enter the attention modules they predict
+        counted = counter.count if setting.kind != "diffusers" or setting.strategy in ("fbcache", "magcache") else None
+        computed = _computed(stats, counted, full_passes)
+        mse = torch.cat([((o - b) ** 2).flatten(-3).mean(-1).flatten() for o, b in zip(outs, base)])
+        frame_ssim = torch.cat([ssim(o, b).flatten() for o, b in zip(outs, base)])
+        rows.append(Row(setting.label, setting.kind, t, base_t / t, computed, _psnr_of(float(mse.mean())),
+                        _psnr_of(float(mse.max())), float(frame_ssim.mean()), _jsonable(stats)))
+    bar.close()
+    return rows
+
+
+def _computed(stats: dict[str, Any], counted: int | None, full: int | None) -> str:
+    """Transformer passes (or block calls) computed in the last generation, out of all."""
+    if "blocks_computed" in stats:
+        return f"{stats['blocks_computed']}/{stats['blocks_computed'] + stats['blocks_reused']} blk"
+    if "computed" in stats and "passes" in stats and not isinstance(stats.get("transformer"), dict):
+        return f"{stats['computed']}/{stats['passes']}"
+    if counted is not None and full:
+        return f"{counted}/{full}"
+    return "-"
+
+
+def _first_ratios(handle) -> list[float] | None:
+    for part in getattr(handle, "parts", {"": handle}).values():
+        cal = getattr(part.engine.policy, "calibration", None)
+        if cal:
+            return list(cal.get("cond") or next(iter(cal.values())))
+    return None
+
+
+def _calibrate_ratios(pipe, job, call_kwargs) -> list[float] | None:
+    handle = pipe.enable_accel("magcache")
+    try:
+        pipe(prompt=job[0], generator=torch.Generator().manual_seed(job[1]), output_type="pt", **call_kwargs)
+        return _first_ratios(handle)
+    finally:
+        pipe.disable_accel("magcache")
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ---- output -------------------------------------------------------------------------------------------------------
+
+
+def format_table(rows: list[Row]) -> str:
+    head = f"{'setting':<34} {'time/gen (s)':>12} {'speedup':>8} {'computed':>12} {'PSNR (dB)':>10} {'min PSNR':>9} {'SSIM':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.label:<34} {r.time_s:>12.3f} {r.speedup:>7.2f}x {r.computed:>12} {r.psnr_db:>10.2f} "
+            f"{r.psnr_min_db:>9.2f} {r.ssim:>7.4f}"
+        )
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+
+
+def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple[Path, Path]:
+    """``bench.json`` and ``bench.png`` (speed vs PSNR) in ``out_dir``, each written atomically."""
+    out_dir = Path(out_dir)
+    doc = {"meta": meta, "rows": [asdict(r) for r in rows]}
+
+    def write_json(tmp):
+        Path(tmp).write_text(json.dumps(doc, indent=1, default=str))
+
+    def write_png(tmp):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        cap = max([r.psnr_db for r in rows if math.isfinite(r.psnr_db)] or [40.0]) + 5
+        for kind, marker in (("dynaccel", "o"), ("diffusers", "s"), ("full", "*")):
+            pts = [r for r in rows if r.kind == kind]
+            if not pts:
+                continue
+            ys = [min(r.psnr_db, cap) for r in pts]
+            ax.scatter([r.speedup for r in pts], ys, marker=marker, s=60, label=kind)
+            for r, y in zip(pts, ys):
+                ax.annotate(r.label, (r.speedup, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_xlabel("speedup vs full compute (wall clock)")
+        ax.set_ylabel(f"PSNR vs full compute (dB; identical shown at {cap:.0f})")
+        ax.set_title(f"{meta.get('model', '')}: speed vs quality ({meta.get('machine', {}).get('device', '')})")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+    json_path, png_path = out_dir / "bench.json", out_dir / "bench.png"
+    _atomic_write(json_path, write_json)
+    _atomic_write(png_path, write_png)
+    return json_path, png_path
