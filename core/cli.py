@@ -164,6 +164,46 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
     click.echo(f"\nwrote {json_path} and {png_path}")
 
 
+@cli.command()
+@click.option("--model", default="tiny-wan", show_default=True, help="zoo model name or local diffusers pipeline folder")
+@click.option("--strategy", required=True, help="the strategy to calibrate, e.g. teacache")
+@click.option("--min-psnr", type=float, default=30.0, show_default=True, help="quality target against full compute (dB)")
+@click.option("--fit-prompt", "fit_prompts", multiple=True, help="prompts for fitting (default: two built-in ones)")
+@click.option("--heldout-prompt", "heldout_prompts", multiple=True, help="prompts for the threshold search")
+@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
+@click.option("--steps", type=click.IntRange(2, 1000), default=None, help="denoising steps (default: the model's)")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="torch threads")
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="preset JSON to write")
+def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, out):
+    """Fit a strategy to a pipeline and write the fastest preset that meets --min-psnr on held-out prompts."""
+    from pathlib import Path
+
+    import torch
+
+    from ..hf_integration import bench as b
+    from ..hf_integration import calibrate as c
+
+    get_registry().strategy(strategy)  # unknown names fail before loading anything
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}; accepted: comma-separated integers, e.g. 0,1,2", param_hint="--seeds")
+    torch.set_num_threads(threads)
+    path = b.resolve_model(model)
+    pipe = b.load_pipeline(path)
+    call = b.generation_defaults(model, path)
+    if steps is not None:
+        call["num_inference_steps"] = steps
+    fit = list(fit_prompts) or b.DEFAULT_PROMPTS[:2]
+    held = list(heldout_prompts) or b.DEFAULT_PROMPTS[2:]
+    result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent)
+    click.echo(b.format_table(result.rows))
+    written = c.write_preset(result, Path(out))
+    m = result.preset.provenance["measured"]
+    click.echo(f"\nchose {result.chosen.label}: {m['speedup']:.2f}x at {m['psnr_db']:.2f} dB; wrote "
+               + ", ".join(map(str, written)))
+
+
 _commands_loaded = False
 
 

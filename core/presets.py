@@ -13,7 +13,7 @@ Preset JSON (schema version 1)::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +53,18 @@ class Preset:
 
     @classmethod
     def load(cls, path: str | Path) -> "Preset":
+        """Read a preset file; relative ``*_path`` options (calibration files beside it) become absolute."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"preset file {str(path)!r} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data, source=repr(str(path)))
+        preset = cls.from_dict(data, source=repr(str(path)))
+        config = dict(preset.config)
+        for key, value in config.items():
+            if key.endswith("_path") and isinstance(value, str) and value and not Path(value).is_absolute():
+                config[key] = str((path.parent / value).resolve())
+        return replace(preset, config=config)
 
 
 def load_builtin_presets(prefix: str) -> list[Preset]:

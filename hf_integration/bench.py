@@ -57,9 +57,14 @@ class Setting:
     def label(self) -> str:
         if self.kind == "full":
             return "full compute"
-        opts = ",".join(f"{k}={v}" for k, v in self.config.items())
+        opts = ",".join(f"{k}={_short(v)}" for k, v in self.config.items())
         name = f"diffusers:{self.strategy}" if self.kind == "diffusers" else self.strategy
         return f"{name}:{opts}" if opts else name
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 14 else text[:6] + "..." + text[-5:]
 
 
 def _value(text: str) -> Any:

@@ -15,12 +15,14 @@ Device sync: one bool is read per pass (the decision); the distance, rescaling a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ...core.adapters import BLOCKS, MODULATED_INPUT
 from ...core.config import option
+from ...core.errors import ConfigError
 from . import coefficients, kernels
 from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, all_below, polyval
 
@@ -44,6 +46,29 @@ class TeaCacheConfig(CacheConfig):
     retention_steps: int = option(
         5, doc="in retention mode, the first N steps are always computed", min=0, max=1000
     )
+    coefficients: str = option(
+        "",
+        doc="5 comma-separated polynomial coefficients, highest power first (e.g. fitted by dynaccel calibrate); "
+        "empty: the published set for the model, else the identity fallback",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.coefficients:
+            parse_coefficients(self.coefficients)
+
+
+def parse_coefficients(text: str) -> list[float]:
+    """``"a,b,c,d,e"`` -> 5 finite floats, or ConfigError naming the value."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 5 or not all(math.isfinite(v) for v in values):
+        raise ConfigError(
+            f"option 'coefficients': got {text!r}; accepted: 5 comma-separated finite numbers, highest power first"
+        )
+    return values
 
 
 class _TeaCachePolicy(CachePolicy):
@@ -53,7 +78,12 @@ class _TeaCachePolicy(CachePolicy):
     def __init__(self, config: TeaCacheConfig, adapter):
         super().__init__(config, adapter)
         self.profile = adapter.teacache_profile(config.mode)
-        coeffs, self.source = coefficients.lookup(self.profile, config.mode)
+        if config.coefficients:
+            coeffs, self.source = parse_coefficients(config.coefficients), "config"
+        else:
+            coeffs, self.source = coefficients.lookup(self.profile, config.mode)
+        #: when a list (dynaccel calibrate sets one), passes append ("in" | "out", branch, step, relative change)
+        self.recorder: list | None = None
         self.coeffs = torch.tensor(coeffs, dtype=torch.float64)
         self._coeffs_on: dict[torch.device, torch.Tensor] = {}
 
@@ -69,6 +99,8 @@ class _TeaCachePolicy(CachePolicy):
         prev = data.get("prev_signal")
         data["prev_signal"] = signal
         forced = p.forced or (cfg.mode == "retention" and p.step < cfg.retention_steps)
+        if self.recorder is not None and prev is not None and prev.shape == signal.shape:
+            self.recorder.append(("in", p.branch.name, p.step, float(kernels.rel_l1(signal, prev).mean())))
         if prev is None or prev.shape != signal.shape or forced or "res_hs" not in data:
             data["acc"] = torch.zeros(signal.shape[0], device=signal.device, dtype=torch.float32)
             p.skip = False
@@ -81,6 +113,13 @@ class _TeaCachePolicy(CachePolicy):
         else:
             data["acc"] = torch.zeros_like(acc)
             p.skip = False
+
+    def computed(self, p: Pass, residual: torch.Tensor) -> None:
+        if self.recorder is not None:
+            prev = p.branch.data.get("rec_prev_res")
+            if prev is not None and prev.shape == residual.shape:
+                self.recorder.append(("out", p.branch.name, p.step, float(kernels.rel_l1(residual, prev).mean())))
+            p.branch.data["rec_prev_res"] = residual
 
     def extra_stats(self):
         return {"coefficients": self.source}
