@@ -218,31 +218,41 @@ def validate_settings(pipe, settings: list[Setting]) -> None:
             reg.adapter_for(_denoiser(pipe), cls)
 
 
-class _AttentionCounter:
-    """Counts the last block's attention calls: transformer passes that really ran the block stack."""
+class AttentionCounter:
+    """Counts attention calls of the given blocks: a block whose pass was skipped never reaches its attention.
 
-    def __init__(self, pipe):
-        from ..core.registry import get_registry
+    ``count`` is None when the blocks have no attention module to watch.
+    """
 
-        self.count = 0
+    def __init__(self, blocks: list[torch.nn.Module]):
+        self.count: int | None = 0
         self._hooks = []
-        adapter = get_registry().find_adapter(_denoiser(pipe))
-        if adapter is None:
-            self.count = None
-            return
-        block = adapter.blocks()[-1].module
-        attn = getattr(block, "attn1", None) or getattr(block, "attn", None)
-        if attn is None:
-            self.count = None
-            return
-        self._hooks.append(attn.register_forward_pre_hook(self._hit))
+        for block in blocks:
+            attn = getattr(block, "attn1", None) or getattr(block, "attn", None)
+            if attn is None:
+                self.count = None
+                continue
+            self._hooks.append(attn.register_forward_pre_hook(self._hit))
 
     def _hit(self, *_):
-        self.count += 1
+        if self.count is not None:
+            self.count += 1
 
     def remove(self):
         for h in self._hooks:
             h.remove()
+
+
+def _last_block_counter(pipe) -> AttentionCounter:
+    """Transformer passes that really ran the block stack: calls of the last block's attention."""
+    from ..core.registry import get_registry
+
+    adapter = get_registry().find_adapter(_denoiser(pipe))
+    if adapter is None:
+        counter = AttentionCounter([])
+        counter.count = None
+        return counter
+    return AttentionCounter([adapter.blocks()[-1].module])
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
@@ -281,7 +291,7 @@ def run_bench(
     total = (1 + len(settings)) * (1 + repeats * len(jobs))
     bar = tqdm(total=total, desc="bench", unit="gen", disable=progress is False)
 
-    counter: _AttentionCounter | None = None
+    counter: AttentionCounter | None = None
 
     def generate(prompt, seed):
         if counter is not None and counter.count is not None:
@@ -300,14 +310,14 @@ def run_bench(
             times.append((time.perf_counter() - t0) / len(jobs))
         return statistics.median(times), outs
 
-    counter = _AttentionCounter(pipe)
+    counter = _last_block_counter(pipe)
     base_t, base = measure("full compute")
     full_passes = counter.count
     counter.remove()
     rows = [Row("full compute", "full", base_t, 1.0, "all", math.inf, math.inf, 1.0)]
     ratios = None
     for setting in settings:
-        counter = _AttentionCounter(pipe)
+        counter = _last_block_counter(pipe)
         stats: dict[str, Any] = {}
         try:
             if setting.kind == "full":
