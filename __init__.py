@@ -9,6 +9,7 @@ custom_nodes/ folder, ComfyUI imports this same file and finds ``NODE_CLASS_MAPP
 """
 
 from .core.api import (
+    AccelWarning,
     accel_stats,
     active_handles,
     disable_accel,
@@ -39,6 +40,7 @@ _diffusers_pipeline.install()
 from .comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 __all__ = [
+    "AccelWarning",
     "ConfigError",
     "DynaccelError",
     "Handle",

@@ -11,6 +11,7 @@ Example (any diffusers pipeline or torch module)::
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from .strategy import Handle, RunProbe
 _ACTIVE: "weakref.WeakKeyDictionary[Any, dict[str, Handle]]" = weakref.WeakKeyDictionary()
 
 _DENOISER_ATTRS = ("transformer", "transformer_2", "unet")
+
+
+class AccelWarning(UserWarning):
+    """A strategy was enabled on a pipeline it may not suit (e.g. caching with a stochastic sampler)."""
 
 
 def list_strategies() -> list[str]:
@@ -163,6 +168,9 @@ def enable_accel(target: Any, name: str | None = None, *, preset: str | Path | P
         raise
     handle = HandleGroup(name, cls.family, target, cfg, installed)
     active[cls.family] = handle
+    if _is_pipeline(target):
+        for message in cls().pipeline_warnings(target, cfg):
+            warnings.warn(message, AccelWarning, stacklevel=2)
     return handle
 
 

@@ -36,6 +36,10 @@ class Strategy:
     def apply(self, target: Any, config: StrategyConfig, adapter: Any, run_probe: RunProbe | None) -> "Handle":
         raise NotImplementedError
 
+    def pipeline_warnings(self, pipe: Any, config: StrategyConfig) -> list[str]:
+        """Reasons this strategy may work poorly with this pipeline (shown as warnings; nothing is refused)."""
+        return []
+
     @classmethod
     def describe(cls) -> dict[str, Any]:
         return {

@@ -500,6 +500,17 @@ class CacheStrategy(Strategy):
     def apply(self, target, config, adapter, run_probe):
         return apply_policy(type(self), target, config, self.Policy(config, adapter), run_probe)
 
+    def pipeline_warnings(self, pipe, config):
+        sched = getattr(pipe, "scheduler", None)
+        name = type(sched).__name__
+        algo = str(getattr(getattr(sched, "config", None), "algorithm_type", "") or "")
+        if "Ancestral" in name or "SDE" in name or algo.startswith("sde"):
+            return [
+                f"{self.name}: scheduler {name} injects fresh noise every step, so consecutive steps differ more "
+                "than caching assumes; expect fewer skips or artifacts (a deterministic scheduler suits caching)"
+            ]
+        return []
+
 
 def polyval(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Evaluate a polynomial (highest power first, numpy.poly1d order) on a device tensor, no host sync."""

@@ -71,3 +71,17 @@ def test_wan22_style_pipeline_accelerates_both_transformers():
     assert sum(s["skipped"] for s in pipe.accel_stats["teacache"].values()) > 0
     pipe.disable_accel()
     assert torch.equal(run_wan(pipe, steps=10), base)
+
+
+def test_caching_with_a_stochastic_scheduler_warns():
+    import pytest
+    from diffusers import DPMSolverMultistepScheduler
+
+    from dynaccel.core.api import AccelWarning
+
+    pipe = tiny_wan_pipeline()
+    pipe.enable_accel("teacache")  # the flow-matching Euler scheduler: no warning
+    pipe.scheduler = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
+    with pytest.warns(AccelWarning, match="fbcache: scheduler DPMSolverMultistepScheduler injects fresh noise"):
+        pipe.enable_accel("fbcache")
+    pipe.disable_accel()
