@@ -1,0 +1,83 @@
+"""dynaccel bench on a local diffusers pipeline folder (a tiny Wan with a real tokenizer, built from config)."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import save_tiny_wan_folder
+
+from dynaccel.core.cli import main
+from dynaccel.hf_integration import bench
+
+CALL = {"height": 16, "width": 16, "num_frames": 5, "num_inference_steps": 6, "guidance_scale": 4.0,
+        "max_sequence_length": 8}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_tiny_wan_folder(tmp_path_factory.mktemp("pipe") / "tiny-wan-random", CALL)
+
+
+def test_bench_writes_table_json_and_plot(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    main(["bench", "--model", str(folder), "-s", "fbcache:threshold=1.0", "-s", "teacache:threshold=0",
+          "-s", "smoothcache:threshold=1.0", "-s", "diffusers:fbcache:threshold=0.5", "--prompt",
+          "a red circle moving left fast", "--seeds", "0,1", "--repeats", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["setting", "time/gen"]
+    rows = {r["label"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    assert set(rows) == {"full compute", "fbcache:threshold=1.0", "teacache:threshold=0",
+                         "smoothcache:threshold=1.0", "diffusers:fbcache:threshold=0.5"}
+    assert rows["teacache:threshold=0"]["psnr_db"] == float("inf") and rows["teacache:threshold=0"]["ssim"] == 1.0
+    fb = rows["fbcache:threshold=1.0"]
+    assert fb["stats"]["skipped"] > 0 and 0 < fb["ssim"] <= 1 and fb["psnr_min_db"] <= fb["psnr_db"]
+    assert fb["computed"] == f"{fb['stats']['computed']}/12"  # the last generation: 6 steps x 2 CFG branches
+    assert rows["smoothcache:threshold=1.0"]["computed"].endswith("blk")
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_bench_defaults_include_diffusers_peers(folder):
+    settings = [bench.parse_setting(s) for s in ("fbcache", "diffusers:magcache:threshold=0.5",
+                                                  "diffusers:taylorseer:cache_interval=2")]
+    pipe = bench.load_pipeline(folder)
+    rows = bench.run_bench(pipe, settings, ["a blue square moving up slow"], [0], CALL, repeats=1, progress=False)
+    by = {r.label: r for r in rows}
+    assert by["diffusers:magcache:threshold=0.5"].speedup > 0
+    assert by["diffusers:magcache:threshold=0.5"].computed.endswith("/12")
+    assert by["diffusers:taylorseer:cache_interval=2"].computed == "-"  # attention-level: not countable
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        pytest.param(["--model", "/no/such/folder"], "model '/no/such/folder': not a zoo model", id="missing-folder"),
+        pytest.param(["-s", "teachache"], "unknown strategy 'teachache'; available:", id="unknown-strategy"),
+        pytest.param(["-s", "fbcache:threshold=9"], "option 'threshold': got 9", id="out-of-range"),
+        pytest.param(["-s", "fbcache:threshold"], "is not key=value", id="bad-syntax"),
+        pytest.param(["-s", "diffusers:teacache"], "unknown diffusers cache 'teacache'; accepted:", id="bad-peer"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(folder, tmp_path, capsys, args, message):
+    if "--model" not in args:
+        args = ["--model", str(folder), *args]
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *args, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_strategy_that_does_not_apply_to_the_model(tmp_path, capsys):
+    from diffusers import DDPMScheduler, DDPMPipeline, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, layers_per_block=1)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--model", str(tmp_path / "ddpm"), "-s", "teacache", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert "strategy 'teacache' does not support UNet2DModel; supported architectures:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

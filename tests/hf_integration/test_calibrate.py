@@ -1,0 +1,73 @@
+"""dynaccel calibrate: fit, search the threshold against a quality target, write a preset that loads."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import save_tiny_wan_folder
+
+import dynaccel
+from dynaccel.core.cli import main
+from dynaccel.hf_integration import bench
+
+CALL = {"height": 32, "width": 32, "num_frames": 9, "num_inference_steps": 12, "guidance_scale": 4.0,
+        "max_sequence_length": 8}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_tiny_wan_folder(tmp_path_factory.mktemp("pipe") / "tiny-wan-random", CALL)
+
+
+def _generate(pipe):
+    return pipe(prompt="a green triangle moving left fast", generator=torch.Generator().manual_seed(0),
+                output_type="latent", **CALL).frames
+
+
+@pytest.mark.parametrize("strategy", ["teacache", "magcache", "fbcache"])
+def test_calibrated_preset_meets_the_target_and_loads(folder, tmp_path, capsys, strategy):
+    out = tmp_path / "presets" / f"{strategy}.json"
+    main(["calibrate", "--model", str(folder), "--strategy", strategy, "--min-psnr", "40", "--out", str(out)])
+    assert "chose " in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    prov = doc["provenance"]
+    assert doc["schema_version"] == 1 and doc["strategy"] == strategy
+    assert prov["measured"]["psnr_db"] >= 40 and prov["steps"] == 12 and prov["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+    assert {"dtype", "machine", "date", "heldout_prompts", "fit_prompts"} <= set(prov)
+    if strategy == "teacache":
+        assert len(doc["config"]["coefficients"].split(",")) == 5 and prov["fit"]["points"] >= 6
+    if strategy == "magcache":
+        side = out.parent / doc["config"]["ratios_path"]
+        assert side.exists() and not doc["config"]["ratios_path"].startswith("/")
+    pipe = bench.load_pipeline(folder)
+    full = _generate(pipe)
+    handle = pipe.enable_accel(preset=str(out))
+    fast = _generate(pipe)
+    assert handle.stats["skipped"] > 0
+    # latents drift a little, as measured on the decoded frames during the search
+    peak = float(full.max() - full.min())
+    assert bench._psnr_of(float(((fast - full) ** 2).mean()) / peak**2) > 20
+
+
+def test_an_unreachable_target_exits_with_a_message_and_writes_nothing(folder, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--model", str(folder), "--strategy", "easycache", "--min-psnr", "300", "--out", str(out)])
+    assert exc.value.code == 2
+    assert "unreachable quality target: no easycache threshold that skips work reaches PSNR >= 300.0 dB" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_bad_coefficients_are_refused():
+    from dynaccel.plugins.cache.teacache import TeaCacheConfig
+
+    with pytest.raises(dynaccel.ConfigError, match="option 'coefficients': got '1,2,3'; accepted: 5 comma-separated"):
+        TeaCacheConfig.from_kwargs("teacache", coefficients="1,2,3")
+
+
+def test_missing_model_and_unknown_strategy(tmp_path, capsys):
+    for args, msg in ((["--model", str(tmp_path / "nope"), "--strategy", "teacache"], "not a zoo model"),
+                      (["--strategy", "teachache"], "unknown strategy 'teachache'")):
+        with pytest.raises(SystemExit) as exc:
+            main(["calibrate", *args, "--out", str(tmp_path / "x.json")])
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
