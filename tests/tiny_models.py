@@ -107,6 +107,83 @@ def BlockCounter(pipe):
     return AttentionCounter(block_modules(pipe))
 
 
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def tiny_hunyuan_transformer(seed: int = 0, image_condition_type: str | None = None):
+    """HunyuanVideo with 1 dual-stream and 2 single-stream blocks (``token_replace``: the I2V block classes)."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    return HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        num_single_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+        guidance_embeds=True, text_embed_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM, rope_axes_dim=(4, 6, 6),
+        image_condition_type=image_condition_type,
+    ).eval()
+
+
+def hunyuan_inputs(batch: int = 2, seed: int = 0) -> dict:
+    """Latents (B, C, F, H, W) = (B, 4, 3, 8, 8) -> 48 tokens; 8 text tokens, the last 2 of sample 0 padded."""
+    mask = torch.ones(batch, 8, dtype=torch.long)
+    mask[0, -2:] = 0
+    return dict(
+        hidden_states=torch.randn(batch, 4, 3, 8, 8, generator=_gen(seed)),
+        timestep=torch.full((batch,), 999.0),
+        encoder_hidden_states=torch.randn(batch, 8, TEXT_DIM, generator=_gen(seed + 1)),
+        encoder_attention_mask=mask,
+        pooled_projections=torch.randn(batch, TEXT_DIM, generator=_gen(seed + 2)),
+        guidance=torch.full((batch,), 6000.0),  # the pipeline passes guidance_scale * 1000
+    )
+
+
+def tiny_cogvideox_transformer(seed: int = 0):
+    """CogVideoX (2B layout: sincos positional embeddings, no RoPE) with 2 blocks."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    return CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=16,
+        text_embed_dim=TEXT_DIM, num_layers=2, sample_width=8, sample_height=8, sample_frames=5, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=8,
+    ).eval()
+
+
+def cogvideox_inputs(batch: int = 2, seed: int = 0) -> dict:
+    """Latents (B, F, C, H, W) = (B, 2, 4, 8, 8) -> 32 tokens; 8 text tokens (= max_text_seq_length)."""
+    return dict(
+        hidden_states=torch.randn(batch, 2, 4, 8, 8, generator=_gen(seed)),
+        encoder_hidden_states=torch.randn(batch, 8, TEXT_DIM, generator=_gen(seed + 1)),
+        timestep=torch.full((batch,), 999, dtype=torch.long),
+    )
+
+
+def tiny_ltx_transformer(seed: int = 0):
+    """LTX-Video with 2 blocks."""
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    return LTXVideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=16,
+        cross_attention_dim=32, num_layers=2, caption_channels=TEXT_DIM,
+    ).eval()
+
+
+def ltx_inputs(batch: int = 2, seed: int = 0) -> dict:
+    """Packed latents (B, F*H*W, C) with F, H, W = 2, 4, 4; 8 text tokens, the last 2 of sample 0 padded."""
+    mask = torch.ones(batch, 8, dtype=torch.long)
+    mask[0, -2:] = 0
+    return dict(
+        hidden_states=torch.randn(batch, 2 * 4 * 4, 4, generator=_gen(seed)),
+        encoder_hidden_states=torch.randn(batch, 8, TEXT_DIM, generator=_gen(seed + 1)),
+        timestep=torch.full((batch,), 999.0),
+        encoder_attention_mask=mask,
+        num_frames=2, height=4, width=4,
+        rope_interpolation_scale=(8 / 25, 32, 32),  # as LTXPipeline: (temporal compression / frame rate, spatial x2)
+    )
+
+
 def save_tiny_wan_folder(path, call: dict) -> "Path":
     """A complete WanPipeline folder (tokenizer and text encoder included, random weights) with the generation
     settings in ``dynaccel_generation.json``: what `dynaccel bench` and `calibrate` load."""
