@@ -127,8 +127,8 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
 @cli.command()
 @click.option("--model", default="tiny-wan", show_default=True, help="zoo model name or local diffusers pipeline folder")
 @click.option("-s", "--setting", "settings", multiple=True,
-              help="strategy[:key=value,...] or diffusers:NAME[:key=value,...]; repeatable (default: every dynaccel "
-                   "cache strategy at its defaults)")
+              help="strategy[:key=value,...], preset:NAME_OR_PATH or diffusers:NAME[:key=value,...]; repeatable "
+                   "(default: every dynaccel cache strategy, from the model's built-in presets where they exist)")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="add diffusers' built-in cache rows")
 @click.option("--prompt", "prompts", multiple=True, help="repeatable (default: four zoo prompts)")
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
@@ -143,7 +143,10 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
 
     from ..hf_integration import bench as b
 
-    parsed = [b.parse_setting(x) for x in (settings or DEFAULT_BENCH)]
+    if not settings:  # a zoo model's built-in presets where they exist, else each strategy at its defaults
+        names = get_registry().presets
+        settings = [f"preset:{model}-{s}" if f"{model}-{s}" in names else s for s in DEFAULT_BENCH]
+    parsed = [b.parse_setting(x) for x in settings]
     if peers and not any(p.kind == "diffusers" for p in parsed):
         parsed += [b.parse_setting(x) for x in DEFAULT_PEERS]
     try:

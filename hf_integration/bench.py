@@ -52,11 +52,14 @@ class Setting:
     kind: str  # "full", "dynaccel" or "diffusers"
     strategy: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    preset: str = ""  # the preset it came from, if any (then the label)
 
     @property
     def label(self) -> str:
         if self.kind == "full":
             return "full compute"
+        if self.preset:
+            return f"preset:{self.preset}"
         opts = ",".join(f"{k}={_short(v)}" for k, v in self.config.items())
         name = f"diffusers:{self.strategy}" if self.kind == "diffusers" else self.strategy
         return f"{name}:{opts}" if opts else name
@@ -75,9 +78,15 @@ def _value(text: str) -> Any:
 
 
 def parse_setting(text: str) -> Setting:
-    """``teacache``, ``teacache:threshold=0.1,start=0.1``, ``diffusers:fbcache:threshold=0.1`` or ``full``."""
+    """``teacache``, ``teacache:threshold=0.1,start=0.1``, ``diffusers:fbcache:threshold=0.1``,
+    ``preset:NAME_OR_PATH`` or ``full``."""
     if text == "full":
         return Setting("full")
+    if text.startswith("preset:"):
+        from ..core.api import _resolve_preset
+
+        preset = _resolve_preset(text[len("preset:"):])
+        return Setting("dynaccel", preset.strategy, dict(preset.config), preset=preset.name)
     kind = "dynaccel"
     if text.startswith("diffusers:"):
         kind, text = "diffusers", text[len("diffusers:"):]

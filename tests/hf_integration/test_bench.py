@@ -81,3 +81,14 @@ def test_a_strategy_that_does_not_apply_to_the_model(tmp_path, capsys):
     assert exc.value.code == 2
     assert "strategy 'teacache' does not support UNet2DModel; supported architectures:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_preset_settings(tmp_path):
+    from dynaccel.core.presets import Preset
+
+    path = tmp_path / "mine.json"
+    path.write_text(Preset(name="mine", strategy="fbcache", config={"threshold": 0.3}).to_json())
+    s = bench.parse_setting(f"preset:{path}")
+    assert (s.strategy, s.config, s.label) == ("fbcache", {"threshold": 0.3}, "preset:mine")
+    with pytest.raises(Exception, match="unknown preset 'nope'"):
+        bench.parse_setting("preset:nope")
