@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -92,7 +93,7 @@ def parse_setting(text: str) -> Setting:
         kind, text = "diffusers", text[len("diffusers:"):]
     name, _, opts = text.partition(":")
     config = {}
-    for item in filter(None, opts.split(",")):
+    for item in filter(None, re.split(r",(?=\s*[A-Za-z_]\w*=)", opts)):  # values may hold commas
         key, sep, val = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"setting {text!r}: option {item!r} is not key=value; example: teacache:threshold=0.1")
@@ -289,8 +290,13 @@ def run_bench(
     repeats: int = 3,
     threads: int = 1,
     progress: Callable[[str], Any] | None = None,
+    baseline: dict[str, Any] | None = None,
 ) -> list[Row]:
-    """Full compute first, then every setting; returns one row per setting (full compute first)."""
+    """Full compute first, then every setting; returns one row per setting (full compute first).
+
+    ``baseline``: pass an empty dict to receive the full-compute measurement in it, and pass it back to later calls
+    with the same prompts, seeds and settings to skip measuring full compute again.
+    """
     from tqdm.auto import tqdm
 
     torch.set_num_threads(threads)
@@ -319,10 +325,16 @@ def run_bench(
             times.append((time.perf_counter() - t0) / len(jobs))
         return statistics.median(times), outs
 
-    counter = _last_block_counter(pipe)
-    base_t, base = measure("full compute")
-    full_passes = counter.count
-    counter.remove()
+    if baseline:
+        base_t, base, full_passes = baseline["time"], baseline["outputs"], baseline["passes"]
+        bar.update(1 + repeats * len(jobs))
+    else:
+        counter = _last_block_counter(pipe)
+        base_t, base = measure("full compute")
+        full_passes = counter.count
+        counter.remove()
+        if baseline is not None:
+            baseline.update(time=base_t, outputs=base, passes=full_passes)
     rows = [Row("full compute", "full", base_t, 1.0, "all", math.inf, math.inf, 1.0)]
     ratios = None
     for setting in settings:
@@ -395,11 +407,12 @@ def _jsonable(obj: Any) -> Any:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'setting':<34} {'time/gen (s)':>12} {'speedup':>8} {'computed':>12} {'PSNR (dB)':>10} {'min PSNR':>9} {'SSIM':>7}"
+    w = max(12, *(len(r.label) for r in rows))
+    head = f"{'setting':<{w}} {'time/gen (s)':>12} {'speedup':>8} {'computed':>12} {'PSNR (dB)':>10} {'min PSNR':>9} {'SSIM':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.label:<34} {r.time_s:>12.3f} {r.speedup:>7.2f}x {r.computed:>12} {r.psnr_db:>10.2f} "
+            f"{r.label:<{w}} {r.time_s:>12.3f} {r.speedup:>7.2f}x {r.computed:>12} {r.psnr_db:>10.2f} "
             f"{r.psnr_min_db:>9.2f} {r.ssim:>7.4f}"
         )
     return "\n".join(lines)

@@ -9,9 +9,9 @@ What is fitted:
 - the others: nothing to fit; only the threshold is searched.
 
 The threshold search runs every candidate (a log-spaced grid within the option's range) on the held-out prompts
-against full compute with the bench harness, and keeps, among those whose PSNR over all frames is at least
-``min_psnr``, the one that skips the most work (wall time follows it and is less noisy; the smallest threshold
-wins ties). None qualifying is an error ("unreachable target"), and nothing is written.
+against full compute with the bench harness, then bisects between the largest passing and the next threshold
+(``refine`` times), and keeps, among those whose PSNR over all frames is at least ``min_psnr``, the one that skips
+the most work (wall time follows it and is less noisy; the smallest threshold wins ties). None qualifying is an error ("unreachable target"), and nothing is written.
 
     dynaccel calibrate --model tiny-wan --strategy teacache --min-psnr 30 --out presets/tiny-wan-teacache.json
 """
@@ -95,6 +95,7 @@ def calibrate(
     thresholds: list[float] | None = None,
     base_config: dict[str, Any] | None = None,
     progress: Any = None,
+    refine: int = 3,
 ) -> CalibrationResult:
     reg = get_registry()
     cls = reg.strategy(strategy)
@@ -119,8 +120,23 @@ def calibrate(
             raise bench.BenchError(f"{strategy} calibration run wrote no calibration data")
         side_file = json.loads(tmp.read_text())
         config[option] = str(tmp)
-    candidates = [bench.Setting("dynaccel", strategy, {**config, "threshold": t}) for t in (thresholds or threshold_grid(strategy))]
-    rows = bench.run_bench(pipe, candidates, heldout_prompts, seeds, call, repeats=1, progress=progress)
+    grid = thresholds or threshold_grid(strategy)
+    candidates = [bench.Setting("dynaccel", strategy, {**config, "threshold": t}) for t in grid]
+    baseline: dict[str, Any] = {}
+    rows = bench.run_bench(pipe, candidates, heldout_prompts, seeds, call, repeats=1, progress=progress,
+                           baseline=baseline)
+    # refine: bisect (geometrically) between the largest passing threshold and the next one, which failed
+    passing = [i for i, r in enumerate(rows[1:]) if r.psnr_db >= min_psnr]
+    if passing and passing[-1] + 1 < len(grid) and not thresholds:
+        lo, hi = grid[passing[-1]], grid[passing[-1] + 1]
+        for _ in range(refine):
+            mid = round(math.sqrt(lo * hi), 4)
+            setting = bench.Setting("dynaccel", strategy, {**config, "threshold": mid})
+            row = bench.run_bench(pipe, [setting], heldout_prompts, seeds, call, repeats=1, progress=progress,
+                                  baseline=baseline)[1]
+            candidates.append(setting)
+            rows.append(row)
+            lo, hi = (mid, hi) if row.psnr_db >= min_psnr else (lo, mid)
     ok = [r for r in rows[1:] if r.psnr_db >= min_psnr and _skipped(r)]
     if not ok:
         best = max(rows[1:], key=lambda r: r.psnr_db if _skipped(r) else -math.inf)
@@ -130,7 +146,7 @@ def calibrate(
             f"more steps"
         )
     # most work skipped (robust against timing noise); among equals the smallest threshold, the safest
-    chosen = max(ok, key=lambda r: (_work_skipped(r), -rows.index(r)))
+    chosen = max(ok, key=lambda r: (_work_skipped(r), -candidates[rows.index(r) - 1].config["threshold"]))
     final = dict(candidates[rows.index(chosen) - 1].config)
     if strategy in SIDE_FILES:
         final[SIDE_FILES[strategy]] = f"{Path(model).name}-{strategy}-calibration.json"
