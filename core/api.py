@@ -80,7 +80,8 @@ def _resolve_target(target: Any) -> tuple[list[tuple[str, torch.nn.Module]], Run
     )
 
 
-def _resolve_preset(preset: str | Path | Preset) -> Preset:
+def resolve_preset(preset: str | Path | Preset) -> Preset:
+    """A preset given by name (built-in or from a plugin), by JSON file path, or as a Preset."""
     if isinstance(preset, Preset):
         return preset
     reg = get_registry()
@@ -130,7 +131,7 @@ def enable_accel(target: Any, name: str | None = None, *, preset: str | Path | P
     """
     reg = get_registry()
     if preset is not None:
-        p = _resolve_preset(preset)
+        p = resolve_preset(preset)
         if name is not None and name != p.strategy:
             raise ConfigError(f"preset {p.name!r} is for strategy {p.strategy!r}, not {name!r}")
         name = p.strategy

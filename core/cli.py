@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -161,7 +162,7 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
         call["num_inference_steps"] = steps
     rows = b.run_bench(pipe, parsed, list(prompts) or b.DEFAULT_PROMPTS, seed_list, call, repeats, threads)
     meta = {"model": model, "path": str(path), "call": call, "prompts": list(prompts) or b.DEFAULT_PROMPTS,
-            "seeds": seed_list, "repeats": repeats, "machine": b.machine(), "date": __import__("time").strftime("%Y-%m-%d")}
+            "seeds": seed_list, "repeats": repeats, "machine": b.machine(), "date": time.strftime("%Y-%m-%d")}
     click.echo(b.format_table(rows))
     json_path, png_path = b.write_results(Path(out_dir), rows, meta)
     click.echo(f"\nwrote {json_path} and {png_path}")

@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from ..core.errors import ConfigError, DynaccelError
+from ..core.files import atomic_write
 
 #: diffusers' built-in caches usable as peer rows, with the options each accepts
 PEERS = ("fbcache", "magcache", "taylorseer", "fastercache", "pab")
@@ -84,9 +84,9 @@ def parse_setting(text: str) -> Setting:
     if text == "full":
         return Setting("full")
     if text.startswith("preset:"):
-        from ..core.api import _resolve_preset
+        from ..core.api import resolve_preset
 
-        preset = _resolve_preset(text[len("preset:"):])
+        preset = resolve_preset(text[len("preset:"):])
         return Setting("dynaccel", preset.strategy, dict(preset.config), preset=preset.name)
     kind = "dynaccel"
     if text.startswith("diffusers:"):
@@ -418,19 +418,6 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
@@ -476,6 +463,6 @@ def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple
         plt.close(fig)
 
     json_path, png_path = out_dir / "bench.json", out_dir / "bench.png"
-    _atomic_write(json_path, write_json)
-    _atomic_write(png_path, write_png)
+    atomic_write(json_path, write_json)
+    atomic_write(png_path, write_png)
     return json_path, png_path

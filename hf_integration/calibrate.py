@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.files import atomic_write
 from ..core.presets import Preset
 from ..core.registry import get_registry
 from . import bench
@@ -198,8 +199,8 @@ def write_preset(result: CalibrationResult, out: Path) -> list[Path]:
     if result.side_file is not None:
         option = SIDE_FILES[result.preset.strategy]
         side = out.parent / result.preset.config[option]
-        bench._atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(result.side_file, indent=1)))
+        atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(result.side_file, indent=1)))
         written.append(side)
-    bench._atomic_write(out, lambda tmp: Path(tmp).write_text(result.preset.to_json() + "\n"))
+    atomic_write(out, lambda tmp: Path(tmp).write_text(result.preset.to_json() + "\n"))
     written.append(out)
     return written

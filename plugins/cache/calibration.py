@@ -7,12 +7,11 @@ half-written calibration behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ...core.errors import ConfigError
+from ...core.files import atomic_write
 
 
 def load(path: str | Path, fmt: str, option_name: str) -> dict[str, Any]:
@@ -31,17 +30,7 @@ def load(path: str | Path, fmt: str, option_name: str) -> dict[str, Any]:
 
 
 def save(path: str | Path, fmt: str, data: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"format": fmt, "data": data}, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"format": fmt, "data": data}, indent=1)))
 
 
 def resample(values: list[float], n: int) -> list[float]:

@@ -18,7 +18,6 @@ sync at all; each CFG branch has its own ratios and accumulators.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -43,14 +42,6 @@ class MagCacheConfig(CacheConfig):
     )
 
 
-def load_ratios(path: str | Path) -> dict[str, list[float]]:
-    data = calibration.load(path, CALIBRATION_FORMAT, "ratios_path")
-    return {k: [float(x) for x in v] for k, v in data.items()}
-
-
-resample = calibration.resample
-
-
 class _MagCachePolicy(calibration.CalibratedPolicy, CachePolicy):
     level = "blocks"
     anchor = "input"
@@ -64,7 +55,7 @@ class _MagCachePolicy(calibration.CalibratedPolicy, CachePolicy):
     def _ratio(self, branch: str, step: int, n: int | None) -> float:
         ratios = self.profile(branch)
         if n is not None:
-            ratios = resample(ratios, n)
+            ratios = calibration.resample(ratios, n)
         return ratios[step] if step < len(ratios) else 1.0
 
     def begin(self, p: Pass, x) -> None:
