@@ -131,7 +131,7 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
               help="strategy[:key=value,...], preset:NAME_OR_PATH or diffusers:NAME[:key=value,...]; repeatable "
                    "(default: every dynaccel cache strategy, from the model's built-in presets where they exist)")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="add diffusers' built-in cache rows")
-@click.option("--prompt", "prompts", multiple=True, help="repeatable (default: four zoo prompts)")
+@click.option("--prompt", "prompts", multiple=True, help="repeatable (default: the zoo model's four prompts)")
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
 @click.option("--steps", type=click.IntRange(2, 1000), default=None, help="denoising steps (default: the model's)")
 @click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True, help="timed passes (median)")
@@ -160,8 +160,9 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
     call = b.generation_defaults(model, path)
     if steps is not None:
         call["num_inference_steps"] = steps
-    rows = b.run_bench(pipe, parsed, list(prompts) or b.DEFAULT_PROMPTS, seed_list, call, repeats, threads)
-    meta = {"model": model, "path": str(path), "call": call, "prompts": list(prompts) or b.DEFAULT_PROMPTS,
+    prompts = list(prompts) or b.default_prompts(model)
+    rows = b.run_bench(pipe, parsed, prompts, seed_list, call, repeats, threads)
+    meta = {"model": model, "path": str(path), "call": call, "prompts": prompts,
             "seeds": seed_list, "repeats": repeats, "machine": b.machine(), "date": time.strftime("%Y-%m-%d")}
     click.echo(b.format_table(rows))
     json_path, png_path = b.write_results(Path(out_dir), rows, meta)
@@ -177,8 +178,11 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
 @click.option("--steps", type=click.IntRange(2, 1000), default=None, help="denoising steps (default: the model's)")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="torch threads")
+@click.option("--caps", default=None,
+              help="comma-separated skip caps to search for strategies with one (e.g. taylorseer's max_interval); "
+                   "default: the option's default and 2,3,4,6")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="preset JSON to write")
-def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, out):
+def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, caps, out):
     """Fit a strategy to a pipeline and write the fastest preset that meets --min-psnr on held-out prompts."""
     from pathlib import Path
 
@@ -192,15 +196,20 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
         raise click.BadParameter(f"{seeds!r}; accepted: comma-separated integers, e.g. 0,1,2", param_hint="--seeds")
+    try:
+        cap_list = [int(x) for x in caps.split(",") if x.strip()] if caps else None
+    except ValueError:
+        raise click.BadParameter(f"{caps!r}; accepted: comma-separated integers, e.g. 2,4", param_hint="--caps")
     torch.set_num_threads(threads)
     path = b.resolve_model(model)
     pipe = b.load_pipeline(path)
     call = b.generation_defaults(model, path)
     if steps is not None:
         call["num_inference_steps"] = steps
-    fit = list(fit_prompts) or b.DEFAULT_PROMPTS[:2]
-    held = list(heldout_prompts) or b.DEFAULT_PROMPTS[2:]
-    result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent)
+    fit = list(fit_prompts) or b.default_prompts(model)[:2]
+    held = list(heldout_prompts) or b.default_prompts(model)[2:]
+    result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent,
+                         caps=cap_list)
     click.echo(b.format_table(result.rows))
     written = c.write_preset(result, Path(out))
     m = result.preset.provenance["measured"]

@@ -42,6 +42,15 @@ DEFAULT_PROMPTS = [
 ]
 
 
+def default_prompts(model: str) -> list[str]:
+    """A zoo model's own four prompts (fit: the first two, held out: the last two), else :data:`DEFAULT_PROMPTS`."""
+    from .. import zoo
+
+    if model in zoo.available():
+        return zoo.default_prompts(model) or list(DEFAULT_PROMPTS)
+    return list(DEFAULT_PROMPTS)
+
+
 class BenchError(DynaccelError):
     """Bad input to bench/calibrate: a missing model folder, an inapplicable strategy, an unreachable target."""
 
@@ -197,6 +206,8 @@ def _peer_config(pipe, setting: Setting, steps: int, ratios: list[float] | None)
             raise BenchError("diffusers:magcache needs calibrated ratios; run dynaccel magcache first (done automatically)")
         return hooks.MagCacheConfig(num_inference_steps=steps, mag_ratios=ratios, **cfg)
     if name == "taylorseer":
+        if not any(k in cfg for k in ("cache_identifiers", "skip_predict_identifiers", "use_lite_mode")):
+            cfg["cache_identifiers"] = _taylorseer_attention_patterns(_denoiser(pipe))
         return hooks.TaylorSeerCacheConfig(taylor_factors_dtype=torch.float32, **cfg)
     if name == "fastercache":
         return hooks.FasterCacheConfig(current_timestep_callback=lambda: pipe.current_timestep, **cfg)
@@ -204,6 +215,24 @@ def _peer_config(pipe, setting: Setting, steps: int, ratios: list[float] | None)
         cfg.setdefault("spatial_attention_block_skip_range", 2)
         return hooks.PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: pipe.current_timestep, **cfg)
     raise ConfigError(f"unknown diffusers cache {name!r}")
+
+
+def _taylorseer_attention_patterns(model: torch.nn.Module) -> list[str]:
+    """The attention modules diffusers' TaylorSeer means to hook by default, as exact patterns.
+
+    diffusers 0.42.1 matches its default patterns (``^blocks.*attn`` ...) with ``re.fullmatch``, so Wan's
+    ``blocks.0.attn1`` / ``attn2`` match none of them and the cache silently does nothing. The peer row hooks the
+    same attention modules the defaults aim at, named exactly.
+    """
+    import re
+
+    pattern = re.compile(r"(blocks|transformer_blocks|single_transformer_blocks|temporal_transformer_blocks)"
+                         r"\.\d+\.attn\d*")
+    names = [n for n, _ in model.named_modules() if pattern.fullmatch(n)]
+    if not names:
+        raise BenchError(f"diffusers:taylorseer: no attention modules found in {type(model).__name__}; pass "
+                         "cache_identifiers=... (regex patterns of module names)")
+    return [re.escape(n) for n in names]
 
 
 def _denoiser(pipe) -> torch.nn.Module:

@@ -10,14 +10,20 @@ What is fitted:
 
 The threshold search runs every candidate (a log-spaced grid within the option's range) on the held-out prompts
 against full compute with the bench harness, then bisects between the largest passing and the next threshold
-(``refine`` times), and keeps, among those whose PSNR over all frames is at least ``min_psnr``, the one that skips
-the most work (wall time follows it and is less noisy; the smallest threshold wins ties). None qualifying is an error ("unreachable target"), and nothing is written.
+(``refine`` times). Strategies with a skip cap (``cap_option``: the most passes in a row that may reuse the cache,
+e.g. TaylorSeer's ``max_interval``) repeat that search for each cap value (the option's default and 2, 3, 4, 6),
+because a tight cap can hold a strategy below what its threshold would allow. Among all settings whose PSNR over
+all frames is at least ``min_psnr`` it keeps the one that skips the most work (wall time follows it and is less
+noisy; the smaller cap, then the smaller threshold wins ties). None qualifying is an error ("unreachable target"),
+and nothing is written. The chosen setting is then timed again against full compute (median of
+``timing_repeats``) for the speedup recorded in the preset.
 
     dynaccel calibrate --model tiny-wan --strategy teacache --min-psnr 30 --out presets/tiny-wan-teacache.json
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -97,11 +103,14 @@ def calibrate(
     base_config: dict[str, Any] | None = None,
     progress: Any = None,
     refine: int = 3,
+    caps: list[int] | None = None,
+    timing_repeats: int = 3,
 ) -> CalibrationResult:
     reg = get_registry()
     cls = reg.strategy(strategy)
     config = dict(base_config or {})
     cls.Config.from_kwargs(strategy, **config)
+    cap_values = _cap_values(cls, config, caps)  # bad caps fail before any generation
     if cls.needs_adapter:
         reg.adapter_for(bench._denoiser(pipe), cls)
     diagnostics: dict[str, Any] = {}
@@ -122,33 +131,44 @@ def calibrate(
         side_file = json.loads(tmp.read_text())
         config[option] = str(tmp)
     grid = thresholds or threshold_grid(strategy)
-    candidates = [bench.Setting("dynaccel", strategy, {**config, "threshold": t}) for t in grid]
     baseline: dict[str, Any] = {}
-    rows = bench.run_bench(pipe, candidates, heldout_prompts, seeds, call, repeats=1, progress=progress,
-                           baseline=baseline)
-    # refine: bisect (geometrically) between the largest passing threshold and the next one, which failed
-    passing = [i for i, r in enumerate(rows[1:]) if r.psnr_db >= min_psnr]
-    if passing and passing[-1] + 1 < len(grid) and not thresholds:
-        lo, hi = grid[passing[-1]], grid[passing[-1] + 1]
-        for _ in range(refine):
-            mid = round(math.sqrt(lo * hi), 4)
-            setting = bench.Setting("dynaccel", strategy, {**config, "threshold": mid})
-            row = bench.run_bench(pipe, [setting], heldout_prompts, seeds, call, repeats=1, progress=progress,
-                                  baseline=baseline)[1]
-            candidates.append(setting)
-            rows.append(row)
-            lo, hi = (mid, hi) if row.psnr_db >= min_psnr else (lo, mid)
-    ok = [r for r in rows[1:] if r.psnr_db >= min_psnr and _skipped(r)]
+    tried: list[tuple[bench.Setting, bench.Row]] = []
+    full_row: list[bench.Row] = []
+    for cap in cap_values:
+        cfg = dict(config) if cap is None else {**config, cls.cap_option: cap}
+        candidates = [bench.Setting("dynaccel", strategy, {**cfg, "threshold": t}) for t in grid]
+        full, *rows = bench.run_bench(pipe, candidates, heldout_prompts, seeds, call, repeats=1, progress=progress,
+                                      baseline=baseline)
+        full_row = full_row or [full]
+        tried += list(zip(candidates, rows))
+        # refine: bisect (geometrically) between the largest passing threshold and the next one, which failed
+        passing = [i for i, r in enumerate(rows) if r.psnr_db >= min_psnr]
+        if passing and passing[-1] + 1 < len(grid) and not thresholds:
+            lo, hi = grid[passing[-1]], grid[passing[-1] + 1]
+            for _ in range(refine):
+                mid = round(math.sqrt(lo * hi), 4)
+                setting = bench.Setting("dynaccel", strategy, {**cfg, "threshold": mid})
+                row = bench.run_bench(pipe, [setting], heldout_prompts, seeds, call, repeats=1, progress=progress,
+                                      baseline=baseline)[1]
+                tried.append((setting, row))
+                lo, hi = (mid, hi) if row.psnr_db >= min_psnr else (lo, mid)
+    ok = [(s, r) for s, r in tried if r.psnr_db >= min_psnr and _skipped(r)]
     if not ok:
-        best = max(rows[1:], key=lambda r: r.psnr_db if _skipped(r) else -math.inf)
+        best = max((r for _, r in tried), key=lambda r: r.psnr_db if _skipped(r) else -math.inf)
         raise bench.BenchError(
             f"unreachable quality target: no {strategy} threshold that skips work reaches PSNR >= {min_psnr} dB on the "
             f"held-out prompts (best with skipping: {best.label} at {best.psnr_db:.2f} dB); lower --min-psnr or use "
             f"more steps"
         )
-    # most work skipped (robust against timing noise); among equals the smallest threshold, the safest
-    chosen = max(ok, key=lambda r: (_work_skipped(r), -candidates[rows.index(r) - 1].config["threshold"]))
-    final = dict(candidates[rows.index(chosen) - 1].config)
+    # most work skipped (robust against timing noise); among equals the smallest cap, then the smallest threshold:
+    # the safest of the equally fast settings
+    chosen_setting, chosen = max(ok, key=lambda sr: (_work_skipped(sr[1]), -sr[0].config.get(cls.cap_option or "", 0),
+                                                     -sr[0].config["threshold"]))
+    if timing_repeats > 1:  # the search timed each setting once; time the winner (and full compute) properly
+        timed = bench.run_bench(pipe, [chosen_setting], heldout_prompts, seeds, call, repeats=timing_repeats,
+                                progress=progress)[1]
+        chosen = dataclasses.replace(chosen, time_s=timed.time_s, speedup=timed.speedup)
+    final = dict(chosen_setting.config)
     if strategy in SIDE_FILES:
         final[SIDE_FILES[strategy]] = f"{Path(model).name}-{strategy}-calibration.json"
     transformer = bench._denoiser(pipe)
@@ -178,7 +198,24 @@ def calibrate(
             "fit": diagnostics,
         },
     )
-    return CalibrationResult(preset, rows, chosen, side_file)
+    return CalibrationResult(preset, full_row + [r for _, r in tried], chosen, side_file)
+
+
+def _cap_values(cls, config: dict[str, Any], caps: list[int] | None) -> list[int | None]:
+    """The skip-cap values to search: ``caps`` if given, else the option's default and 2, 3, 4, 6 within its range;
+    ``[None]`` (keep the config as is) for a strategy without a cap or when the config already sets it."""
+    name = getattr(cls, "cap_option", None)
+    if name is None or name in config:
+        if caps:
+            raise bench.BenchError(f"strategy {cls.name!r} has no skip cap to search" if name is None else
+                                   f"{name} is set in the base config; drop it or the caps to search")
+        return [None]
+    spec = next(f for f in cls.Config.fields_info() if f.name == name)
+    values = caps or sorted({spec.default, 2, 3, 4, 6})
+    bad = [v for v in values if (spec.min is not None and v < spec.min) or (spec.max is not None and v > spec.max)]
+    if bad:
+        raise bench.BenchError(f"{name}: got {bad[0]!r}; accepted: {spec.min} to {spec.max}")
+    return sorted(set(values))
 
 
 def _work_skipped(row: bench.Row) -> float:

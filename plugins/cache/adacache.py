@@ -70,6 +70,7 @@ class AdaCache(CacheStrategy):
         pipe.enable_accel("adacache", threshold=0.1, max_interval=4)
     """
 
+    cap_option = "max_interval"
     name = "adacache"
     Policy = _AdaCachePolicy
     Config = AdaCacheConfig

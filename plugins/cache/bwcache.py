@@ -72,6 +72,7 @@ class BWCache(CacheStrategy):
         pipe.enable_accel("bwcache", threshold=0.05, max_reuse=3)
     """
 
+    cap_option = "max_reuse"
     name = "bwcache"
     Policy = _BWCachePolicy
     Config = BWCacheConfig

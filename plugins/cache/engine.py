@@ -496,6 +496,9 @@ class CacheStrategy(Strategy):
     needs_adapter = True
     needs_capabilities = frozenset({BLOCKS})
     Policy: ClassVar[type[CachePolicy]]
+    #: the Config option capping how many passes in a row may reuse the cache, if any; ``dynaccel calibrate``
+    #: searches it along with the threshold
+    cap_option: ClassVar[str | None] = None
 
     def apply(self, target, config, adapter, run_probe):
         return apply_policy(type(self), target, config, self.Policy(config, adapter), run_probe)

@@ -99,6 +99,7 @@ class MagCache(CacheStrategy):
         pipe(prompt)   # later calls: accelerated
     """
 
+    cap_option = "max_skip_steps"
     name = "magcache"
     Policy = _MagCachePolicy
     Config = MagCacheConfig

@@ -102,6 +102,7 @@ class SmoothCache(CacheStrategy):
         pipe(prompt)   # later calls: accelerated
     """
 
+    cap_option = "max_reuse"
     name = "smoothcache"
     Policy = _SmoothCachePolicy
     Config = SmoothCacheConfig

@@ -87,6 +87,7 @@ class TaylorSeer(CacheStrategy):
         pipe.enable_accel("taylorseer", threshold=0.15, order=1, max_interval=3)
     """
 
+    cap_option = "max_interval"
     name = "taylorseer"
     Policy = _TaylorSeerPolicy
     Config = TaylorSeerConfig

@@ -27,7 +27,8 @@ def _generate(pipe):
 @pytest.mark.parametrize("strategy", ["teacache", "magcache", "fbcache"])
 def test_calibrated_preset_meets_the_target_and_loads(folder, tmp_path, capsys, strategy):
     out = tmp_path / "presets" / f"{strategy}.json"
-    main(["calibrate", "--model", str(folder), "--strategy", strategy, "--min-psnr", "40", "--out", str(out)])
+    caps = ["--caps", "2,4"] if strategy == "magcache" else []
+    main(["calibrate", "--model", str(folder), "--strategy", strategy, "--min-psnr", "40", *caps, "--out", str(out)])
     assert "chose " in capsys.readouterr().out
     doc = json.loads(out.read_text())
     prov = doc["provenance"]
@@ -47,6 +48,27 @@ def test_calibrated_preset_meets_the_target_and_loads(folder, tmp_path, capsys, 
     # latents drift a little, as measured on the decoded frames during the search
     peak = float(full.max() - full.min())
     assert bench._psnr_of(float(((fast - full) ** 2).mean()) / peak**2) > 20
+
+
+def test_the_search_covers_each_skip_cap_and_keeps_the_one_that_skips_most(folder, tmp_path):
+    from dynaccel.hf_integration import calibrate
+
+    pipe = bench.load_pipeline(folder)
+    prompts = bench.DEFAULT_PROMPTS
+    args = (pipe, str(folder), "taylorseer", prompts[:1], prompts[2:3], [0], CALL, 20.0, tmp_path)
+    tight = calibrate.calibrate(*args, thresholds=[0.3, 1.0], caps=[1], timing_repeats=1)
+    both = calibrate.calibrate(*args, thresholds=[0.3, 1.0], caps=[1, 4], timing_repeats=1)
+    tried = [r.label for r in both.rows[1:]]
+    assert tried == [f"taylorseer:max_interval={c},threshold={t}" for c in (1, 4) for t in (0.3, 1.0)]
+    assert both.rows[0].label == "full compute"
+    skipped = lambda r: r.stats["skipped"]  # noqa: E731
+    assert skipped(both.chosen) >= skipped(tight.chosen) and both.chosen.psnr_db >= 20.0
+    assert both.preset.config["max_interval"] in (1, 4)
+    with pytest.raises(bench.BenchError, match=r"max_interval: got 0; accepted: 1 to 50"):
+        calibrate.calibrate(*args, thresholds=[0.3], caps=[0, 2])
+    with pytest.raises(bench.BenchError, match="strategy 'teacache' has no skip cap to search"):
+        calibrate.calibrate(pipe, str(folder), "teacache", prompts[:1], prompts[2:3], [0], CALL, 20.0, tmp_path,
+                            thresholds=[0.3], caps=[2])
 
 
 def test_an_unreachable_target_exits_with_a_message_and_writes_nothing(folder, tmp_path, capsys):
