@@ -23,10 +23,34 @@ _GENERATION_DEFAULTS = {
         "height": 32,
         "width": 32,
         "num_frames": 17,
-        "num_inference_steps": 20,
+        "num_inference_steps": 30,
         "guidance_scale": 4.0,
         "max_sequence_length": 8,
     },
+    # FLUX.1-dev's default of 28 steps; a single pass per step, as FLUX.1-dev runs (guidance_scale is ignored:
+    # tiny-flux has no guidance embedding)
+    "tiny-flux": {
+        "height": 48,
+        "width": 48,
+        "num_inference_steps": 28,
+        "max_sequence_length": 8,
+    },
+}
+
+#: Four prompts per model for benchmarks and calibration (the first two fit, the last two are held out).
+_DEFAULT_PROMPTS = {
+    "tiny-wan": [
+        "a red circle moving right fast",
+        "a blue square moving up slow",
+        "a green triangle moving left fast",
+        "a yellow circle moving down slow",
+    ],
+    "tiny-flux": [
+        "a large red circle on the left",
+        "a small blue square on the top",
+        "a large green triangle on the right",
+        "a small yellow circle on the bottom",
+    ],
 }
 
 
@@ -57,4 +81,10 @@ def generation_defaults(name: str) -> dict:
     return dict(_GENERATION_DEFAULTS.get(name, {}))
 
 
-__all__ = ["available", "generation_defaults", "path"]
+def default_prompts(name: str) -> list[str]:
+    """Four prompts of the model's grammar for benchmarks and calibration (fit: the first two, held out: the rest)."""
+    path(name)
+    return list(_DEFAULT_PROMPTS.get(name, []))
+
+
+__all__ = ["available", "default_prompts", "generation_defaults", "path"]

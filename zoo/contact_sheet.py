@@ -1,9 +1,11 @@
-"""Contact sheet of ``tiny-wan`` samples, generated through the stock ``WanPipeline`` after ``from_pretrained``.
+"""Contact sheets of zoo samples, generated through the stock pipelines after ``from_pretrained``.
 
     python -m dynaccel.zoo.contact_sheet --out docs/tiny-wan-samples.png
+    python -m dynaccel.zoo.contact_sheet --model tiny-flux --out docs/tiny-flux-samples.png
 
-One row per prompt: the prompt (and what ``synthetic.analyse_clip`` reads from the sample) as a label, then a
-few frames of the generated clip, upscaled with nearest-neighbour.
+tiny-wan: one row per prompt: the prompt (and what ``synthetic.analyse_clip`` reads from the sample) as a label,
+then a few frames of the generated clip. tiny-flux: one row per prompt, one column per seed, with what
+``synthetic_images.analyse_image`` reads from each sample. Upscaled with nearest-neighbour.
 """
 
 from __future__ import annotations
@@ -40,8 +42,38 @@ def generate(prompts, seed: int = 0, folder: str | None = None, **overrides) -> 
     return np.asarray(out.frames)
 
 
-def contact_sheet(clips: np.ndarray, labels, frames=(0, 4, 8, 12, 16), scale: int = 4):
-    """PIL image: per row a text label and the chosen frames of one clip."""
+FLUX_PROMPTS = [
+    "a large red circle on the left",
+    "a small green square on the right",
+    "a large blue triangle on the top",
+    "a small yellow circle on the bottom",
+    "a small red triangle on the top",
+    "a large green circle on the bottom",
+    "a small blue square on the left",
+    "a large yellow triangle on the right",
+]
+
+
+def generate_images(prompts, seeds=(0, 1, 2, 3), folder: str | None = None, **overrides) -> np.ndarray:
+    """Samples (n_prompts, n_seeds, H, W, 3) in [0, 1] from the zoo's tiny-flux at its default settings."""
+    import torch
+    from diffusers import FluxPipeline
+
+    import dynaccel.zoo as zoo
+
+    pipe = FluxPipeline.from_pretrained(folder or zoo.path("tiny-flux"))
+    pipe.set_progress_bar_config(disable=True)
+    kw = zoo.generation_defaults("tiny-flux")
+    kw.update(overrides)
+    cols = []
+    for seed in seeds:
+        out = pipe(list(prompts), generator=torch.Generator().manual_seed(seed), output_type="np", **kw)
+        cols.append(np.asarray(out.images))
+    return np.stack(cols, axis=1)
+
+
+def contact_sheet(clips: np.ndarray, labels, frames=(0, 4, 8, 12, 16), scale: int = 4, titles=None):
+    """PIL image: per row a text label and the chosen frames of one clip (column titles: ``titles`` or frames)."""
     from PIL import Image, ImageDraw, ImageFont
 
     n, T, H, W, _ = clips.shape
@@ -52,7 +84,8 @@ def contact_sheet(clips: np.ndarray, labels, frames=(0, 4, 8, 12, 16), scale: in
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     for j, f in enumerate(frames):
-        draw.text((label_w + j * (cell_w + pad) + 2, 2), f"frame {f}", fill=(0, 0, 0), font=font)
+        title = titles[j] if titles else f"frame {f}"
+        draw.text((label_w + j * (cell_w + pad) + 2, 2), title, fill=(0, 0, 0), font=font)
     for i in range(n):
         y = 16 + pad + i * (cell_h + pad)
         for k, line in enumerate(str(labels[i]).split("\n")):
@@ -66,21 +99,40 @@ def contact_sheet(clips: np.ndarray, labels, frames=(0, 4, 8, 12, 16), scale: in
 def main(argv=None):
     import torch
 
-    from dynaccel.zoo import synthetic
+    from dynaccel.zoo import synthetic, synthetic_images
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "tiny-wan-samples.png"))
+    ap.add_argument("--model", default="tiny-wan", choices=["tiny-wan", "tiny-flux"])
+    ap.add_argument("--out", default=None, help="PNG to write (default: docs/<model>-samples.png)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--folder", default=None, help="pipeline folder (default: the zoo's tiny-wan)")
+    ap.add_argument("--folder", default=None, help="pipeline folder (default: the zoo's model)")
     args = ap.parse_args(argv)
+    out = args.out or os.path.join(os.path.dirname(__file__), "..", "docs", f"{args.model}-samples.png")
     torch.set_num_threads(2)
-    clips = generate(DEFAULT_PROMPTS, seed=args.seed, folder=args.folder)
-    labels = []
-    for p, c in zip(DEFAULT_PROMPTS, clips):
-        a = synthetic.analyse_clip(c)
-        labels.append(f"{p}\nread: {a['colour']}, {a['direction']}")
-    contact_sheet(clips, labels).save(args.out)
-    print(f"wrote {os.path.abspath(args.out)}")
+    if args.model == "tiny-flux":
+        seeds = [args.seed + k for k in range(4)]
+        images = generate_images(FLUX_PROMPTS, seeds=seeds, folder=args.folder)
+        labels = []
+        for p, row in zip(FLUX_PROMPTS, images):
+            reads = [synthetic_images.analyse_image(img) for img in row]
+            hits = sum(si_ok(r, synthetic_images.parse_prompt(p)) for r in reads)
+            labels.append(f"{p}\nall three read right: {hits}/{len(reads)}")
+        sheet = contact_sheet(images, labels, frames=range(len(seeds)), scale=3,
+                              titles=[f"seed {s}" for s in seeds])
+    else:
+        clips = generate(DEFAULT_PROMPTS, seed=args.seed, folder=args.folder)
+        labels = []
+        for p, c in zip(DEFAULT_PROMPTS, clips):
+            a = synthetic.analyse_clip(c)
+            labels.append(f"{p}\nread: {a['colour']}, {a['direction']}")
+        sheet = contact_sheet(clips, labels)
+    sheet.save(out)
+    print(f"wrote {os.path.abspath(out)}")
+
+
+def si_ok(read: dict, wanted: dict) -> bool:
+    """Colour, position and size all read as prompted."""
+    return all(read[k] == wanted[k] for k in ("colour", "position", "size"))
 
 
 if __name__ == "__main__":
