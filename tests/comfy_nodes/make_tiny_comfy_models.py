@@ -1,0 +1,52 @@
+"""Build tiny random-weight models with ComfyUI's own classes and save them as safetensors (run with ComfyUI's
+python, ComfyUI's folder on sys.path): ``python make_tiny_comfy_models.py OUT_DIR``.
+
+- ``tiny_wan21.safetensors``: ``comfy.ldm.wan.model.WanModel`` (t2v), dim 128 (1 head of 128), 4 layers, text width
+  4096; ComfyUI's model detection recognises it as Wan 2.1.
+- ``tiny_auraflow.safetensors``: an architecture no dynaccel ComfyUI adapter covers (for the bad-input test).
+"""
+
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+
+def _init(model: torch.nn.Module, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, p in model.state_dict().items():
+        if name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or (name.endswith(".weight") and p.ndim == 1):
+            t = torch.ones(p.shape)
+        elif name.endswith(".bias"):
+            t = torch.zeros(p.shape)
+        else:
+            fan_in = p[0].numel() if p.ndim > 1 else p.shape[-1]
+            t = torch.randn(p.shape, generator=g) / max(fan_in, 1) ** 0.5
+        sd[name] = t.contiguous()
+    return sd
+
+
+def _cpu_only() -> None:
+    from comfy.cli_args import args
+
+    args.cpu = True  # before comfy.model_management is imported: no CUDA probing
+
+
+def wan21(out: str) -> None:
+    _cpu_only()
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+
+    m = WanModel(
+        model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=128, ffn_dim=256, freq_dim=256,
+        text_dim=4096, out_dim=16, num_heads=1, num_layers=4, window_size=(-1, -1), qk_norm=True,
+        cross_attn_norm=True, eps=1e-6, operations=comfy.ops.disable_weight_init,
+    )
+    sd = _init(m, 0)
+    sd = {k: (v * 0.2 if "modulation" in k else v) for k, v in sd.items()}
+    save_file(sd, f"{out}/tiny_wan21.safetensors")
+
+
+if __name__ == "__main__":
+    wan21(sys.argv[1])
