@@ -5,8 +5,8 @@ Imported only by :func:`dynaccel.comfy_nodes.comfy_entrypoint`, i.e. inside a ru
 - ``dynaccel <Strategy>`` (``Dynaccel_<name>``): MODEL in, MODEL out, placed between the model loader and the
   sampler; one input per Config field with the field's default, min, max, step and doc (as tooltip).
 - ``dynaccel Preset`` (``Dynaccel_Preset``): applies a preset by name (the built-in cache presets).
-- ``dynaccel Stats`` (``Dynaccel_Stats``): MODEL and the sampler's LATENT in; returns the LATENT and the last run's
-  summary as a STRING and shows it on the node.
+- ``dynaccel Stats`` (``Dynaccel_Stats``): MODEL and the sampler's LATENT in; returns the LATENT and, as a STRING
+  shown on the node, the last run's summary line followed by the JSON stats of the recent runs (most recent last).
 
 Bad input fails when the node runs, before any sampling, with the reason (unsupported model, bad option); ComfyUI
 shows it on the node, and the workflow can be queued again once it is fixed. Out-of-range numbers are refused by
@@ -127,8 +127,8 @@ class StatsNode(io.ComfyNode):
         elif acc.last_stats is None:
             text = f"{acc.strategy.name}: no sampling run yet"
         else:
-            s = acc.last_stats
-            text = s["summary"] + "\n" + json.dumps({k: v for k, v in s.items() if k != "summary"}, default=str)
+            runs = acc.history[-8:]  # several samplers may share the model: their runs, most recent last
+            text = runs[-1]["summary"] + "\n" + json.dumps(runs, default=str)
         return io.NodeOutput(latent, text, ui=ui.PreviewText(text))
 
 

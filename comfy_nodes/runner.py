@@ -109,6 +109,7 @@ class Accelerator:
             stats = engine.stats()
             stats["summary"] = summary_line(stats)
             self.history.append(stats)
+            del self.history[:-32]
             logger.info(stats["summary"])
             self.engine, self.sigmas, self.branch_keys = outer
 

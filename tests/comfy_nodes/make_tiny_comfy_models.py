@@ -3,7 +3,8 @@ python, ComfyUI's folder on sys.path): ``python make_tiny_comfy_models.py OUT_DI
 
 - ``tiny_wan21.safetensors``: ``comfy.ldm.wan.model.WanModel`` (t2v), dim 128 (1 head of 128), 4 layers, text width
   4096; ComfyUI's model detection recognises it as Wan 2.1.
-- ``tiny_auraflow.safetensors``: an architecture no dynaccel ComfyUI adapter covers (for the bad-input test).
+- ``tiny_sd3.safetensors``: ``comfy.ldm.modules.diffusionmodules.mmdit.MMDiT`` (SD3 layout, depth 2 = width 128),
+  an architecture no dynaccel ComfyUI adapter covers (for the bad-input test).
 """
 
 import sys
@@ -48,5 +49,20 @@ def wan21(out: str) -> None:
     save_file(sd, f"{out}/tiny_wan21.safetensors")
 
 
+def sd3(out: str) -> None:
+    _cpu_only()
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    m = MMDiT(
+        input_size=None, in_channels=16, out_channels=16, patch_size=2, depth=2, adm_in_channels=2048,
+        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+        num_patches=1024, pos_embed_max_size=32, pos_embed_scaling_factor=None, x_block_self_attn_layers=[],
+        operations=comfy.ops.disable_weight_init,
+    )
+    save_file(_init(m, 1), f"{out}/tiny_sd3.safetensors")
+
+
 if __name__ == "__main__":
     wan21(sys.argv[1])
+    sd3(sys.argv[1])
