@@ -3,6 +3,9 @@ python, ComfyUI's folder on sys.path): ``python make_tiny_comfy_models.py OUT_DI
 
 - ``tiny_wan21.safetensors``: ``comfy.ldm.wan.model.WanModel`` (t2v), dim 128 (1 head of 128), 4 layers, text width
   4096; ComfyUI's model detection recognises it as Wan 2.1.
+- ``tiny_hunyuanvideo.safetensors``: ``comfy.ldm.hunyuan_video.model.HunyuanVideo``, width 128 (1 head), 2 double-
+  and 2 single-stream blocks, text width 4096, 64 latent channels (ComfyUI then detects the HunyuanVideo 1.5 layout),
+  no pooled-vector input and no guidance embedding.
 - ``tiny_sd3.safetensors``: ``comfy.ldm.modules.diffusionmodules.mmdit.MMDiT`` (SD3 layout, depth 2 = width 128),
   an architecture no dynaccel ComfyUI adapter covers (for the bad-input test).
 """
@@ -49,6 +52,22 @@ def wan21(out: str) -> None:
     save_file(sd, f"{out}/tiny_wan21.safetensors")
 
 
+def hunyuanvideo(out: str) -> None:
+    _cpu_only()
+    import comfy.ops
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    m = HunyuanVideo(
+        image_model="hunyuan_video", in_channels=64, patch_size=[1, 2, 2], out_channels=64, vec_in_dim=None,
+        axes_dim=[16, 56, 56], meanflow=False, context_in_dim=4096, hidden_size=128, mlp_ratio=4.0, num_heads=1,
+        depth=2, depth_single_blocks=2, theta=256, qkv_bias=True, byt5=False, guidance_embed=False,
+        operations=comfy.ops.disable_weight_init,
+    )
+    sd = _init(m, 2)
+    sd = {k: (v * 0.2 if "_mod." in k or "modulation" in k else v) for k, v in sd.items()}
+    save_file(sd, f"{out}/tiny_hunyuanvideo.safetensors")
+
+
 def sd3(out: str) -> None:
     _cpu_only()
     import comfy.ops
@@ -65,4 +84,5 @@ def sd3(out: str) -> None:
 
 if __name__ == "__main__":
     wan21(sys.argv[1])
+    hunyuanvideo(sys.argv[1])
     sd3(sys.argv[1])

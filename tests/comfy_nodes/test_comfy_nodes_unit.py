@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -231,3 +233,33 @@ def test_entrypoint_is_exported_lazily_from_the_root():
     assert dynaccel.comfy_entrypoint is dynaccel.comfy_nodes.comfy_entrypoint
     assert inspect.iscoroutinefunction(dynaccel.comfy_entrypoint)
     assert asyncio.iscoroutinefunction(dynaccel.comfy_nodes.comfy_entrypoint)
+
+
+# ---- example workflows ----------------------------------------------------------------------------------------------
+
+WORKFLOWS = sorted((Path(dynaccel.__file__).parent / "comfy_nodes" / "workflows").glob("*.api.json"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_example_workflows_are_valid_and_ui_matches_api(path):
+    graph = json.loads(path.read_text())
+    reg = get_registry()
+    dyn = {k: n for k, n in graph.items() if n["class_type"].startswith("Dynaccel_")}
+    assert dyn
+    for node in dyn.values():
+        kind = node["class_type"][len("Dynaccel_"):]
+        if kind == "Preset":
+            assert node["inputs"]["preset"] in reg.presets
+        elif kind in reg.strategies:
+            cls = reg.strategy(kind)
+            config_from_inputs(kind, cls.Config, node["inputs"])  # every value valid for the schema
+            assert set(node["inputs"]) - {"model"} == {f.name for f in cls.Config.fields_info()}
+    ui = json.loads(path.with_name(path.name.replace(".api.", ".ui.")).read_text())
+    assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: n["class_type"] for k, n in graph.items()}
+    api_links = {(v[0], v[1], k, name) for k, n in graph.items() for name, v in n["inputs"].items() if isinstance(v, list)}
+    ui_links = set()
+    for lid, src, src_slot, dst, dst_slot, _ in ui["links"]:
+        node = next(n for n in ui["nodes"] if n["id"] == dst)
+        ui_links.add((str(src), src_slot, str(dst), node["inputs"][dst_slot]["name"]))
+        assert node["inputs"][dst_slot]["link"] == lid
+    assert ui_links == api_links
