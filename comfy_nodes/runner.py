@@ -195,8 +195,8 @@ def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any]) ->
             )
             raise UnsupportedModelError(
                 f"{strategy_name}: this model ({type(dm).__module__}.{type(dm).__name__}) is not supported; supported "
-                f"ComfyUI models: {', '.join(supported) or '(none)'}. Use the 'dynaccel EasyCache' node, which works "
-                "on any model, or remove this node"
+                f"ComfyUI models: {', '.join(supported) or '(none)'}. The 'dynaccel EasyCache' node needs no adapter (it "
+                "wraps the whole diffusion-model call); or remove this node"
             )
         adapter = adapter_cls(dm)
     else:
