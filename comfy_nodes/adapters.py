@@ -183,11 +183,12 @@ class ComfyFluxAdapter(ComfyAdapter):
 
 
 class ComfyHunyuanVideoAdapter(ComfyAdapter):
-    """ComfyUI ``HunyuanVideo``: double-stream blocks, then single-stream blocks over ``cat(img, txt)``.
+    """ComfyUI ``HunyuanVideo`` (HunyuanVideo, and HunyuanImage 2.1 which ComfyUI runs with the same class):
+    double-stream blocks, then single-stream blocks over ``cat(img, txt)``.
     TeaCache signal as in TeaCache4HunyuanVideo: block 0's modulated ``img_norm1`` output."""
 
     name = "comfy-hunyuanvideo"
-    architectures = ("ComfyUI HunyuanVideo",)
+    architectures = ("ComfyUI HunyuanVideo (HunyuanVideo, HunyuanImage 2.1)",)
     classes = ("HunyuanVideo",)
     inplace_blocks = True
 
@@ -200,7 +201,12 @@ class ComfyHunyuanVideoAdapter(ComfyAdapter):
         return _flux_style_modulated(self.model.double_blocks[0], block_args[0])
 
     def teacache_profile(self, mode="normal"):
-        return "hunyuanvideo"
+        # the class also serves HunyuanImage 2.1 and later variants; the published coefficients were fit on
+        # HunyuanVideo text-to-video (16 latent channels, 3-D patches), the others fall back to identity
+        p = getattr(self.model, "params", None)
+        if getattr(p, "in_channels", None) == 16 and len(getattr(p, "patch_size", ()) or ()) == 3 and not getattr(p, "byt5", False):
+            return "hunyuanvideo"
+        return None
 
 
 class ComfyLTXVAdapter(ComfyAdapter):

@@ -4,8 +4,11 @@ python, ComfyUI's folder on sys.path): ``python make_tiny_comfy_models.py OUT_DI
 - ``tiny_wan21.safetensors``: ``comfy.ldm.wan.model.WanModel`` (t2v), dim 128 (1 head of 128), 4 layers, text width
   4096; ComfyUI's model detection recognises it as Wan 2.1.
 - ``tiny_hunyuanvideo.safetensors``: ``comfy.ldm.hunyuan_video.model.HunyuanVideo``, width 128 (1 head), 2 double-
-  and 2 single-stream blocks, text width 4096, 64 latent channels (ComfyUI then detects the HunyuanVideo 1.5 layout),
+  and 2 single-stream blocks, text width 4096, 64 latent channels (ComfyUI detects it as HunyuanImage 2.1, which runs on this class),
   no pooled-vector input and no guidance embedding.
+- ``tiny_wan22.safetensors``: the same ``WanModel`` with 48 latent channels: detected as Wan 2.2 (TI2V 5B layout).
+- ``tiny_ltxv.safetensors``: ``comfy.ldm.lightricks.model.LTXVModel``, 32 heads of 4 (width 128), 2 layers, 128 latent
+  channels, caption width 4096.
 - ``tiny_sd3.safetensors``: ``comfy.ldm.modules.diffusionmodules.mmdit.MMDiT`` (SD3 layout, depth 2 = width 128),
   an architecture no dynaccel ComfyUI adapter covers (for the bad-input test).
 """
@@ -37,19 +40,33 @@ def _cpu_only() -> None:
     args.cpu = True  # before comfy.model_management is imported: no CUDA probing
 
 
-def wan21(out: str) -> None:
+def wan(out: str, channels: int = 16, name: str = "tiny_wan21") -> None:
     _cpu_only()
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
 
     m = WanModel(
-        model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=128, ffn_dim=256, freq_dim=256,
-        text_dim=4096, out_dim=16, num_heads=1, num_layers=4, window_size=(-1, -1), qk_norm=True,
+        model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=channels, dim=128, ffn_dim=256, freq_dim=256,
+        text_dim=4096, out_dim=channels, num_heads=1, num_layers=4, window_size=(-1, -1), qk_norm=True,
         cross_attn_norm=True, eps=1e-6, operations=comfy.ops.disable_weight_init,
     )
     sd = _init(m, 0)
     sd = {k: (v * 0.2 if "modulation" in k else v) for k, v in sd.items()}
-    save_file(sd, f"{out}/tiny_wan21.safetensors")
+    save_file(sd, f"{out}/{name}.safetensors")
+
+
+def ltxv(out: str) -> None:
+    _cpu_only()
+    import comfy.ops
+    from comfy.ldm.lightricks.model import LTXVModel
+
+    m = LTXVModel(
+        in_channels=128, cross_attention_dim=128, attention_head_dim=4, num_attention_heads=32, caption_channels=4096,
+        num_layers=2, operations=comfy.ops.disable_weight_init,
+    )
+    sd = _init(m, 3)
+    sd = {k: (v * 0.2 if "scale_shift_table" in k else v) for k, v in sd.items()}
+    save_file(sd, f"{out}/tiny_ltxv.safetensors")
 
 
 def hunyuanvideo(out: str) -> None:
@@ -83,6 +100,8 @@ def sd3(out: str) -> None:
 
 
 if __name__ == "__main__":
-    wan21(sys.argv[1])
+    wan(sys.argv[1])
+    wan(sys.argv[1], channels=48, name="tiny_wan22")
+    ltxv(sys.argv[1])
     hunyuanvideo(sys.argv[1])
     sd3(sys.argv[1])

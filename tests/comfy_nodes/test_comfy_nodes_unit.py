@@ -229,6 +229,17 @@ def test_wan_adapter_profiles_from_comfy_model_shapes():
     assert ComfyWanAdapter(fake(128, 4)).teacache_profile() is None  # tiny: identity fallback
 
 
+def test_hunyuan_profile_only_for_the_layout_the_coefficients_were_fit_on():
+    from dynaccel.comfy_nodes.adapters import ComfyHunyuanVideoAdapter
+
+    def fake(in_channels, patch_size, byt5=False):
+        return SimpleNamespace(params=SimpleNamespace(in_channels=in_channels, patch_size=patch_size, byt5=byt5))
+
+    assert ComfyHunyuanVideoAdapter(fake(16, [1, 2, 2])).teacache_profile() == "hunyuanvideo"
+    assert ComfyHunyuanVideoAdapter(fake(64, [1, 1])).teacache_profile() is None  # HunyuanImage 2.1
+    assert ComfyHunyuanVideoAdapter(fake(16, [1, 2, 2], byt5=True)).teacache_profile() is None
+
+
 def test_entrypoint_is_exported_lazily_from_the_root():
     assert dynaccel.comfy_entrypoint is dynaccel.comfy_nodes.comfy_entrypoint
     assert inspect.iscoroutinefunction(dynaccel.comfy_entrypoint)
@@ -263,3 +274,16 @@ def test_example_workflows_are_valid_and_ui_matches_api(path):
         ui_links.add((str(src), src_slot, str(dst), node["inputs"][dst_slot]["name"]))
         assert node["inputs"][dst_slot]["link"] == lid
     assert ui_links == api_links
+
+
+def test_pyproject_has_comfy_registry_metadata_and_ships_the_pack():
+    import tomllib
+
+    data = tomllib.loads((Path(dynaccel.__file__).parent / "pyproject.toml").read_text())
+    project, comfy = data["project"], data["tool"]["comfy"]
+    assert "comfyui" not in project["name"].lower()  # the registry refuses names containing ComfyUI
+    assert project["version"] and project["description"] and project["license"] and project["urls"]["Repository"]
+    assert {"PublisherId", "DisplayName", "Icon", "includes"} <= set(comfy)
+    setuptools = data["tool"]["setuptools"]
+    assert "dynaccel.comfy_nodes" in setuptools["packages"]
+    assert "workflows/*.json" in setuptools["package-data"]["dynaccel.comfy_nodes"]

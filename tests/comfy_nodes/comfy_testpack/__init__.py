@@ -1,6 +1,7 @@
 """Test-only ComfyUI nodes for dynaccel's integration tests (loaded into a throwaway ComfyUI server).
 
-- ``DynaccelTest_RandomConditioning``: random text features of a given width (no multi-GB text encoder needed).
+- ``DynaccelTest_RandomConditioning``: random text features of a given width (no multi-GB text encoder needed),
+  optionally with an all-ones attention mask (LTXV needs one).
 - ``DynaccelTest_CountBlocks``: MODEL -> MODEL; counts the diffusion model's block forward calls (torch forward
   pre-hooks on the block modules, test code only).
 - ``DynaccelTest_Record``: LATENT in; writes the samples (safetensors) and the block-call count since the last
@@ -31,14 +32,16 @@ class RandomConditioning(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31),
                 io.Int.Input("tokens", default=8, min=1, max=512),
                 io.Int.Input("width", default=4096, min=1, max=8192),
+                io.Boolean.Input("attention_mask", default=False),
             ],
             outputs=[io.Conditioning.Output()],
         )
 
     @classmethod
-    def execute(cls, seed, tokens, width):
+    def execute(cls, seed, tokens, width, attention_mask):
         g = torch.Generator().manual_seed(seed)
-        return io.NodeOutput([[torch.randn(1, tokens, width, generator=g), {}]])
+        extra = {"attention_mask": torch.ones(1, tokens, dtype=torch.long)} if attention_mask else {}  # as LTXV's T5 gives
+        return io.NodeOutput([[torch.randn(1, tokens, width, generator=g), extra]])
 
 
 class CountBlocks(io.ComfyNode):
