@@ -313,6 +313,18 @@ def test_other_architectures_identical_at_zero_and_fewer_calls_when_on(server, a
         assert _stats_text(result).startswith(f"{name}: computed ")
 
 
+def test_a_second_dynaccel_node_replaces_the_first(server, baseline):
+    g = workflow("chain", "easycache", _defaults("easycache") | {"threshold": 0.0})
+    g["3b"] = {"class_type": "Dynaccel_teacache", "inputs": {"model": ["1", 0], **TEACACHE, "threshold": 1.0}}
+    g["3"]["inputs"]["model"] = ["3b", 0]  # loader -> teacache -> easycache (threshold 0) -> sampler
+    log_before = len(server.log_path.read_text())
+    _ok(server.queue(g))
+    log = server.log_path.read_text()[log_before:]
+    assert "easycache: computed 10/10 steps" in log and "teacache: computed" not in log
+    out, calls = server.record("chain")
+    assert torch.equal(out, baseline[0]) and calls == baseline[1]  # teacache's leftover block patches are inert
+
+
 def test_preset_node_applies_a_preset_by_name(server, baseline):
     result = _ok(server.queue(workflow("preset", preset="tiny-wan-fbcache")))
     assert _stats_text(result).startswith("fbcache: computed ")
