@@ -5,7 +5,8 @@
     dynaccel.list_strategies()                         # ['easycache', 'fbcache', 'magcache', 'teacache', ...]
 
 Importing this package needs neither ComfyUI, Triton, diffusers nor a GPU. When the repo sits in ComfyUI's
-custom_nodes/ folder, ComfyUI imports this same file and finds ``NODE_CLASS_MAPPINGS``.
+custom_nodes/ folder, ComfyUI imports this same file and calls ``comfy_entrypoint`` (V3 node API), which imports
+the node module (and ComfyUI's API) only then.
 """
 
 from .core.api import (
@@ -36,16 +37,14 @@ __version__ = "0.1.0"
 
 _diffusers_pipeline.install()
 
-# ComfyUI entry points (empty until the node-pack issue; importing comfy_nodes never imports ComfyUI)
-from .comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+# ComfyUI entry point (V3; importing comfy_nodes never imports ComfyUI, the nodes load when ComfyUI calls it)
+from .comfy_nodes import comfy_entrypoint  # noqa: E402
 
 __all__ = [
     "AccelWarning",
     "ConfigError",
     "DynaccelError",
     "Handle",
-    "NODE_CLASS_MAPPINGS",
-    "NODE_DISPLAY_NAME_MAPPINGS",
     "Preset",
     "StackingError",
     "Strategy",
@@ -54,6 +53,7 @@ __all__ = [
     "UnsupportedModelError",
     "UnsupportedTargetError",
     "accel_stats",
+    "comfy_entrypoint",
     "active_handles",
     "disable_accel",
     "enable_accel",

@@ -229,7 +229,14 @@ def _hook_classes():
 
 
 class CacheEngine:
-    """Runs one policy on one model."""
+    """Runs one policy on one model.
+
+    ``model_forward`` and ``block_forward`` are the whole policy loop; ``install`` wires them to diffusers hooks.
+    Other runners (the ComfyUI nodes) call the same two methods from their own hook points and never install.
+    """
+
+    #: whether finish_run logs :meth:`summary` (a runner that logs its own line turns it off)
+    log_summary = True
 
     def __init__(self, model: torch.nn.Module, policy: CachePolicy, probe: RunProbe | None, strategy: str):
         self.model = model
@@ -282,7 +289,7 @@ class CacheEngine:
         if self.run is not None and not self.run.finished:
             self.run.finished = True
             self.policy.run_finished(self.run)
-            if logger.isEnabledFor(logging.INFO):
+            if self.log_summary and logger.isEnabledFor(logging.INFO):
                 logger.info(self.summary())
             for b in self.run.branches.values():
                 b.data.clear()  # free cached tensors; keep the counts for stats

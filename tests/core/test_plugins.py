@@ -215,7 +215,7 @@ def test_import_needs_no_diffusers_triton_or_comfyui():
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import dynaccel\n"
-        "print(dynaccel.list_strategies(), dynaccel.NODE_CLASS_MAPPINGS)\n"
+        "print(dynaccel.list_strategies(), dynaccel.comfy_entrypoint)\n"
         "assert not any(m.split('.')[0] in ('diffusers', 'triton', 'comfy') for m in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,0 +1,267 @@
+"""Run a cache strategy's policy inside ComfyUI, through the ModelPatcher only.
+
+The diffusers path runs a strategy's :class:`~dynaccel.plugins.cache.engine.CachePolicy` with a
+:class:`~dynaccel.plugins.cache.engine.CacheEngine` hooked by diffusers' HookRegistry. Here the *same* policy and
+the *same* engine logic (``model_forward`` / ``block_forward``) are driven by ComfyUI's own extension points, on a
+``model.clone()``:
+
+- ``WrappersMP.OUTER_SAMPLE``: once per sampling run. A fresh engine (run state) is made for every run, with the
+  step count of that run's sigmas, so two samplers with different step counts never share state; at the end the
+  run is finished, a log line like ``teacache: computed 9/20 steps (cond 9/20, uncond 9/20), 2.22x`` is written
+  and the stats are kept for the stats node.
+- ``WrappersMP.DIFFUSION_MODEL``: around every diffusion-model call. The step is the position of the call's sigma
+  in the run's sigmas; the CFG branch comes from ``cond_or_uncond`` (``cond``, ``uncond``, or ``cond_uncond`` when
+  ComfyUI batches both), so every branch has its own accumulators and residuals, as with diffusers' cache context.
+- block replace patches (``set_model_patch_replace(fn, "dit", "double_block" | "single_block", i)``) for the block
+  level strategies: the engine decides at block 0, passes skipped blocks through and adds the cached residual at
+  the last block, exactly as its diffusers block hooks do.
+
+Everything stored in ``model_options`` is a plain function (ComfyUI deep-copies model options on ``clone()``; a
+function is shared, so the accelerator behind it is too). Nothing in ComfyUI is rebound or mocked. ComfyUI itself
+is imported only inside :func:`accelerate` (``comfy.patcher_extension``), when ComfyUI is running.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..core.errors import ConfigError, UnsupportedModelError
+from ..core.registry import get_registry
+from ..core.strategy import Strategy
+from ..plugins.cache.engine import CacheEngine, CachePolicy
+from .adapters import ComfyAdapter
+
+logger = logging.getLogger("dynaccel")
+
+KEY = "dynaccel"
+_BRANCH = {0: "cond", 1: "uncond"}
+
+
+@dataclass
+class _Ctx:
+    """What the engine reads from a diffusers cache context: the branch name, the step and the step count."""
+
+    name: str
+    step_index: int | None
+    num_inference_steps: int | None
+
+
+def transformer_options_of(args: tuple, kwargs: dict) -> dict:
+    """The ``transformer_options`` dict of a diffusion-model call (last positional argument, or a keyword)."""
+    opts = kwargs.get("transformer_options")
+    if isinstance(opts, dict):
+        return opts
+    for a in reversed(args):
+        if isinstance(a, dict):
+            return a
+    return {}
+
+
+def step_of(sigma: Any, sigmas: list[float]) -> int | None:
+    """Index of the step whose sigma is closest to ``sigma`` among the run's sigmas (the last one is the end)."""
+    if sigma is None or len(sigmas) < 2:
+        return None
+    s = float(sigma.flatten()[0]) if isinstance(sigma, torch.Tensor) else float(sigma)
+    starts = sigmas[:-1]
+    return min(range(len(starts)), key=lambda i: abs(starts[i] - s))
+
+
+def branch_name(cond_or_uncond: list[int] | None) -> str:
+    """``[0]`` -> ``cond``, ``[1]`` -> ``uncond``, ``[0, 1]`` -> ``cond_uncond`` (batched CFG), ``None`` -> default."""
+    if not cond_or_uncond:
+        return "default"
+    return "_".join(_BRANCH.get(c, f"c{c}") for c in cond_or_uncond)
+
+
+class Accelerator:
+    """One strategy applied to one ComfyUI model (one node's output). Holds the policy (which keeps calibrations
+    across runs), the adapter, the engine of the sampling run in progress and the stats of the finished runs."""
+
+    def __init__(self, strategy: type[Strategy], config: Any, policy: CachePolicy, diffusion_model: torch.nn.Module):
+        self.strategy = strategy
+        self.config = config
+        self.policy = policy
+        self.adapter = policy.adapter
+        self.diffusion_model = diffusion_model
+        self.engine: CacheEngine | None = None
+        self.sigmas: list[float] = []
+        self.branch_keys: dict[tuple, str] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # ---- the functions installed on the ModelPatcher ---------------------------------------------------------------
+    def outer_sample(self, executor: Callable, *args: Any, **kwargs: Any) -> Any:
+        sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+        outer = (self.engine, self.sigmas, self.branch_keys)
+        self.sigmas = [float(s) for s in sigmas.flatten().tolist()] if sigmas is not None else []
+        self.branch_keys = {}
+        engine = CacheEngine(self.diffusion_model, self.policy, None, self.strategy.name)
+        engine.manual_steps = max(len(self.sigmas) - 1, 0) or None
+        engine.log_summary = False  # this runner logs its own line (in steps) below
+        self.engine = engine
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            engine.finish_run()
+            stats = engine.stats()
+            stats["summary"] = summary_line(stats)
+            self.history.append(stats)
+            del self.history[:-32]
+            logger.info(stats["summary"])
+            self.engine, self.sigmas, self.branch_keys = outer
+
+    def diffusion_model_call(self, executor: Callable, *args: Any, **kwargs: Any) -> Any:
+        engine = self.engine
+        if engine is None:  # called outside a sampling run (e.g. by another node): plain compute
+            return executor(*args, **kwargs)
+        opts = transformer_options_of(args, kwargs)
+        step = step_of(opts.get("sigmas"), self.sigmas)
+        n = len(self.sigmas) - 1 if len(self.sigmas) > 1 else None
+        ctx = _Ctx(self._branch(opts), step, n)
+        self.adapter.begin_call(args, kwargs)
+        return engine.model_forward(executor, ctx, args, kwargs)
+
+    def block_call(self, i: int, args: dict, extra: dict) -> Any:
+        engine = self.engine
+        original = extra["original_block"]
+        if engine is None or engine.current is None:
+            return original(args)
+        if self.adapter.inplace_blocks and (i <= 1 or self.policy.level == "per_block"):
+            # the block adds into its inputs in place; the engine keeps block 0's input (and output) as anchors
+            args = {k: (v.clone() if k in ("img", "txt") and isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+        return engine.block_forward(i, original, (args,), {})
+
+    def _branch(self, opts: dict) -> str:
+        cou = opts.get("cond_or_uncond")
+        key = (tuple(cou or ()), tuple(str(u) for u in opts.get("uuids") or ()))
+        name = self.branch_keys.get(key)
+        if name is None:
+            base = branch_name(cou)
+            taken = set(self.branch_keys.values())
+            name, k = base, 2
+            while name in taken:  # e.g. two positive conds with areas, batched separately
+                name, k = f"{base}#{k}", k + 1
+            self.branch_keys[key] = name
+        return name
+
+    @property
+    def last_stats(self) -> dict[str, Any] | None:
+        return self.history[-1] if self.history else None
+
+
+def summary_line(stats: dict[str, Any]) -> str:
+    """``teacache: computed 9/20 steps (cond 9/20, uncond 9/20), 2.22x`` (per-block strategies: block calls)."""
+    name = stats["strategy"]
+    if "blocks_computed" in stats:
+        total = stats["blocks_computed"] + stats["blocks_reused"]
+        speed = total / stats["blocks_computed"] if stats["blocks_computed"] else float("nan")
+        return f"{name}: computed {stats['blocks_computed']}/{total} block calls in {stats['passes']} passes, {speed:.2f}x"
+    branches = stats["branches"]
+    if not branches:
+        return f"{name}: no diffusion-model call in this run"
+    steps_total = max(b["computed"] + b["skipped"] for b in branches.values())
+    steps_computed = max(b["computed"] for b in branches.values())
+    parts = ", ".join(f"{n} {b['computed']}/{b['computed'] + b['skipped']}" for n, b in branches.items())
+    speed = stats["pass_speedup"] or 1.0
+    detail = f" ({parts})" if len(branches) > 1 else ""
+    return f"{name}: computed {steps_computed}/{steps_total} steps{detail}, {speed:.2f}x"
+
+
+def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any]) -> Accelerator:
+    """Validate everything for ``model`` (a ModelPatcher) before touching it: strategy, options, adapter, policy.
+
+    Raises ConfigError / UnsupportedModelError / UnknownStrategyError with a message naming what was wrong.
+    """
+    reg = get_registry()
+    cls = reg.strategy(strategy_name)
+    if getattr(cls, "family", None) != "cache" or not hasattr(cls, "Policy"):
+        raise ConfigError(f"strategy {strategy_name!r} ({cls.family}) has no ComfyUI runner; the nodes run cache strategies")
+    cfg = cls.Config.from_kwargs(strategy_name, **options)
+    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(dm, torch.nn.Module):
+        raise UnsupportedModelError(
+            f"strategy {strategy_name!r}: the MODEL input has no diffusion model (got {type(model).__name__})"
+        )
+    comfy_adapters = [a for a in reg.adapters if isinstance(a, type) and issubclass(a, ComfyAdapter)]
+    adapter = None
+    if cls.needs_adapter:
+        adapter_cls = next((a for a in reversed(comfy_adapters) if a.matches(dm)), None)
+        if adapter_cls is None or not cls.needs_capabilities <= adapter_cls.capabilities:
+            supported = sorted(
+                {arch for a in comfy_adapters if cls.needs_capabilities <= a.capabilities for arch in a.architectures}
+            )
+            raise UnsupportedModelError(
+                f"{strategy_name}: this model ({type(dm).__module__}.{type(dm).__name__}) is not supported; supported "
+                f"ComfyUI models: {', '.join(supported) or '(none)'}. The 'dynaccel EasyCache' node needs no adapter (it "
+                "wraps the whole diffusion-model call); or remove this node"
+            )
+        adapter = adapter_cls(dm)
+    else:
+        adapter_cls = next((a for a in reversed(comfy_adapters) if a.matches(dm)), None)
+        adapter = adapter_cls(dm) if adapter_cls is not None else _ModelOnly(dm)
+    policy = cls.Policy(cfg, adapter)
+    return Accelerator(cls, cfg, policy, dm)
+
+
+class _ModelOnly:
+    """The adapter of a model-level strategy on a model without an adapter: it is told of calls and nothing else."""
+
+    inplace_blocks = False
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def begin_call(self, args: tuple, kwargs: dict) -> None:
+        pass
+
+    def blocks(self) -> list:
+        return []
+
+
+def accelerate(model: Any, strategy_name: str, options: dict[str, Any]) -> tuple[Any, Accelerator]:
+    """A clone of ComfyUI ``model`` (ModelPatcher) running the strategy; ``model`` itself is left unchanged.
+
+    Everything is validated first (:func:`make_accelerator`), so a bad input raises before anything is patched.
+    """
+    import comfy.patcher_extension as pe  # ComfyUI is running when a node calls this
+
+    acc = make_accelerator(model, strategy_name, options)
+    m = model.clone()
+    # a previous dynaccel node on this model is replaced, not stacked
+    for kind in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL):
+        m.remove_wrappers_with_key(kind, KEY)
+
+    def outer_sample(executor, *args, **kwargs):
+        return acc.outer_sample(executor, *args, **kwargs)
+
+    def diffusion_model(executor, *args, **kwargs):
+        return acc.diffusion_model_call(executor, *args, **kwargs)
+
+    outer_sample.dynaccel_accelerator = acc  # read by the stats node
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample)
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model)
+    if acc.policy.level in ("blocks", "per_block"):
+        for i, spec in enumerate(acc.adapter.blocks()):
+            m.set_model_patch_replace(_block_patch(acc, i), "dit", spec.kind, spec.index)
+    return m, acc
+
+
+def _block_patch(acc: Accelerator, i: int) -> Callable:
+    def block(args, extra):
+        return acc.block_call(i, args, extra)
+
+    return block
+
+
+def accelerator_of(model: Any) -> Accelerator | None:
+    """The accelerator a dynaccel node installed on ``model`` (or on a model it was cloned from), if any."""
+    import comfy.patcher_extension as pe
+
+    for fn in getattr(model, "wrappers", {}).get(pe.WrappersMP.OUTER_SAMPLE, {}).get(KEY, []):
+        acc = getattr(fn, "dynaccel_accelerator", None)
+        if acc is not None:
+            return acc
+    return None

@@ -1,0 +1,381 @@
+"""Integration tests against a real ComfyUI, started headless on 127.0.0.1 with this pack loaded.
+
+Needs ``COMFYUI_PATH`` (a ComfyUI checkout) and a Python that runs it: ``COMFYUI_PYTHON``, default
+``$COMFYUI_PATH/.venv/bin/python`` (with dynaccel's runtime deps pluggy and click). Skipped without them (so in CI);
+CONTRIBUTING.md says how to set one up. Each run builds tiny random-weight models with ComfyUI's own classes
+(``make_tiny_comfy_models.py``), links this repo and a test-only node pack (``comfy_testpack``) into a temporary
+``custom_nodes`` folder, and queues API-format workflows over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynaccel.core.registry import get_registry
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+COMFYUI = os.environ.get("COMFYUI_PATH")
+PYTHON = os.environ.get("COMFYUI_PYTHON") or (str(Path(COMFYUI) / ".venv" / "bin" / "python") if COMFYUI else None)
+
+pytestmark = pytest.mark.skipif(
+    not COMFYUI or not Path(COMFYUI, "main.py").exists() or not PYTHON or not Path(PYTHON).exists(),
+    reason="set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON, default $COMFYUI_PATH/.venv/bin/python); "
+    "see CONTRIBUTING.md",
+)
+
+TEACACHE = {"threshold": 0.0, "start": 0.0, "end": 1.0, "mode": "normal", "retention_steps": 5, "coefficients": ""}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path, custom_nodes: dict[str, Path]):
+        self.root = root
+        self.out = root / "out"
+        self.models = root / "models"
+        nodes = root / "custom_nodes"
+        for d in (self.out, self.models, nodes):
+            d.mkdir(parents=True, exist_ok=True)
+        for name, target in custom_nodes.items():
+            link = nodes / name
+            if target.is_dir():
+                link.symlink_to(target, target_is_directory=True)
+            else:
+                link.write_text(target.read_text())
+        (root / "extra.yaml").write_text(
+            f"dynaccel_test:\n    base_path: {root}\n    custom_nodes: custom_nodes\n    diffusion_models: models\n"
+        )
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS="1", DYNACCEL_TEST_OUT=str(self.out), PYTHONUNBUFFERED="1")
+        env.pop("PYTHONPATH", None)
+        cmd = [
+            PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-api-nodes",
+            "--database-url", "sqlite:///:memory:", "--preview-method", "none",
+            "--extra-model-paths-config", str(self.root / "extra.yaml"), "--output-directory", str(self.out),
+        ]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=COMFYUI, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/system_stats", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not start: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+    def get(self, path: str):
+        return json.load(urllib.request.urlopen(self.url + path, timeout=30))
+
+    def queue(self, graph: dict) -> dict:
+        """Queue a workflow and wait for it; returns its history entry, or {"http_error", "body"} when refused."""
+        req = urllib.request.Request(
+            self.url + "/prompt", data=json.dumps({"prompt": graph}).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            pid = json.load(urllib.request.urlopen(req, timeout=30))["prompt_id"]
+        except urllib.error.HTTPError as e:
+            return {"http_error": e.code, "body": json.loads(e.read())}
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            h = self.get(f"/history/{pid}")
+            if pid in h and h[pid].get("status", {}).get("status_str") in ("success", "error"):
+                return h[pid]
+            time.sleep(0.2)
+        raise TimeoutError(f"prompt {pid} did not finish")
+
+    def record(self, name: str) -> tuple[torch.Tensor, int]:
+        from safetensors.torch import load_file
+
+        samples = load_file(str(self.out / f"{name}.safetensors"))["samples"]
+        calls = json.loads((self.out / f"{name}.json").read_text())["block_calls"]
+        return samples, calls
+
+
+def _make_models(dest: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=COMFYUI)
+    subprocess.run([PYTHON, str(HERE / "make_tiny_comfy_models.py"), str(dest)], check=True, env=env, cwd=COMFYUI, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfyui")
+    srv = Server(root, {"dynaccel": REPO, "dynaccel_testpack": HERE / "comfy_testpack"})
+    _make_models(srv.models)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def workflow(name: str, strategy: str | None = None, options: dict | None = None, *, steps: int = 10, cfg: float = 5.0,
+             batch: int = 1, unet: str = "tiny_wan21.safetensors", preset: str | None = None,
+             latent: tuple[str, dict] | None = None, mask: bool = False) -> dict:
+    """Tiny Wan 2.1 text-to-video: loader -> [dynaccel node] -> block counter -> KSampler -> record."""
+    g = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+        "2": {"class_type": "DynaccelTest_CountBlocks", "inputs": {"model": ["3", 0] if (strategy or preset) else ["1", 0]}},
+        "4": {"class_type": "DynaccelTest_RandomConditioning", "inputs": {"seed": 0, "tokens": 8, "width": 4096, "attention_mask": mask}},
+        "5": {"class_type": "DynaccelTest_RandomConditioning", "inputs": {"seed": 1, "tokens": 8, "width": 4096, "attention_mask": mask}},
+        "6": {"class_type": latent[0], "inputs": dict(latent[1], batch_size=batch)} if latent else
+             {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": batch}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 42, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+            "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "denoise": 1.0}},
+        "8": {"class_type": "DynaccelTest_Record", "inputs": {"latent": ["7", 0], "name": name}},
+        "9": {"class_type": "Dynaccel_Stats", "inputs": {"model": ["2", 0], "latent": ["7", 0]}},
+    }
+    if strategy:
+        g["3"] = {"class_type": f"Dynaccel_{strategy}", "inputs": {"model": ["1", 0], **(options or {})}}
+    elif preset:
+        g["3"] = {"class_type": "Dynaccel_Preset", "inputs": {"model": ["1", 0], "preset": preset}}
+    else:
+        del g["9"]
+    return g
+
+
+def _defaults(strategy: str) -> dict:
+    cls = get_registry().strategy(strategy)
+    return {f.name: f.default for f in cls.Config.fields_info()}
+
+
+def _ok(result: dict) -> dict:
+    assert result.get("status", {}).get("status_str") == "success", json.dumps(result)[:3000]
+    return result
+
+
+def _stats_text(result: dict, node: str = "9") -> str:
+    return result["outputs"][node]["text"][0]
+
+
+@pytest.fixture(scope="module")
+def baseline(server):
+    _ok(server.queue(workflow("baseline")))
+    return server.record("baseline")
+
+
+def test_pack_loads_without_import_errors_and_lists_a_node_per_cache_strategy(server):
+    info = server.get("/object_info")
+    reg = get_registry()
+    for name in ("teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"):
+        node = info[f"Dynaccel_{name}"]
+        required = node["input"]["required"]
+        assert required["model"][0] == "MODEL" and node["output"] == ["MODEL"]
+        for f in reg.strategy(name).Config.fields_info():
+            kind, opts = required[f.name]
+            assert opts["default"] == f.default and f.doc in opts["tooltip"]
+            if f.min is not None and not f.choices:
+                assert (opts["min"], opts["max"]) == (f.min, f.max)
+    assert "Dynaccel_Preset" in info and "Dynaccel_Stats" in info
+    log = server.log_path.read_text()
+    assert "IMPORT FAILED" not in log and "Traceback" not in log and "Cannot import" not in log
+    assert "custom_nodes/dynaccel" in log  # listed under "Import times for custom nodes"
+
+
+def test_threshold_zero_is_identical_to_no_node_for_every_strategy(server, baseline):
+    base, base_calls = baseline
+    for name in ("teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"):
+        opts = _defaults(name) | {"threshold": 0.0}
+        result = _ok(server.queue(workflow(f"{name}-zero", name, opts)))
+        out, calls = server.record(f"{name}-zero")
+        assert torch.equal(out, base), name
+        assert calls == base_calls, name
+        assert "computed" in _stats_text(result)
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [("teacache", {"threshold": 1.0}), ("fbcache", {"threshold": 0.3}), ("bwcache", {"threshold": 0.3}),
+     ("easycache", {"threshold": 0.8, "warmup_steps": 2})],
+)
+def test_conservative_threshold_calls_the_blocks_less_and_stays_close(server, baseline, name, options):
+    base, base_calls = baseline
+    result = _ok(server.queue(workflow(f"{name}-on", name, _defaults(name) | options)))
+    out, calls = server.record(f"{name}-on")
+    assert calls < base_calls
+    rel = float((out - base).norm() / base.norm())  # random-weight tiny model: its steps differ a lot
+    assert 0 < rel < 0.15, rel
+    text = _stats_text(result)
+    assert text.startswith(f"{name}: computed ")
+    assert f"{name}: computed" in server.log_path.read_text()  # the per-run log line
+
+
+def test_unsupported_model_fails_at_the_node_with_a_clear_message_then_the_fixed_workflow_runs(server, baseline):
+    bad = workflow("bad", "teacache", TEACACHE | {"threshold": 1.0}, unet="tiny_sd3.safetensors")
+    result = server.queue(bad)
+    assert result["status"]["status_str"] == "error"
+    err = next(m[1] for m in result["status"]["messages"] if m[0] == "execution_error")
+    assert err["node_type"] == "Dynaccel_teacache"
+    assert "is not supported" in err["exception_message"] and "WanModel" in err["exception_message"]
+    assert "7" not in err["executed"]  # the sampler never ran
+    fixed = dict(bad)
+    fixed["1"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_wan21.safetensors", "weight_dtype": "default"}}
+    _ok(server.queue(fixed))
+    assert server.record("bad")[1] < baseline[1]
+
+
+def test_out_of_range_input_is_refused_by_the_schema(server):
+    result = server.queue(workflow("oor", "teacache", TEACACHE | {"threshold": 9.0}))
+    assert result["http_error"] == 400
+    errors = result["body"]["node_errors"]["3"]["errors"]
+    assert errors[0]["type"] == "value_bigger_than_max" and errors[0]["details"] == "threshold"
+
+
+def test_batch_of_two_with_batched_cfg(server):
+    _ok(server.queue(workflow("b2-base", batch=2)))
+    base, base_calls = server.record("b2-base")
+    result = _ok(server.queue(workflow("b2-zero", "teacache", TEACACHE, batch=2)))
+    assert torch.equal(server.record("b2-zero")[0], base)
+    result = _ok(server.queue(workflow("b2-on", "teacache", TEACACHE | {"threshold": 1.0}, batch=2)))
+    out, calls = server.record("b2-on")
+    assert out.shape[0] == 2 and calls < base_calls
+    stats = json.loads(_stats_text(result).split("\n", 1)[1])[-1]
+    # ComfyUI ran the uncond and cond rows of both samples as one batch of 4: one branch, decided together
+    assert list(stats["branches"]) in (["uncond_cond"], ["cond_uncond"])
+    assert stats["passes"] == 10 and stats["skipped"] > 0
+
+
+def test_two_samplers_with_different_step_counts_in_one_workflow(server):
+    g = workflow("two-a", "teacache", TEACACHE | {"threshold": 1.0}, steps=6)
+    g["10"] = dict(g["7"], inputs=dict(g["7"]["inputs"], steps=13, seed=7))
+    g["11"] = {"class_type": "Dynaccel_Stats", "inputs": {"model": ["2", 0], "latent": ["10", 0]}}
+    g["12"] = {"class_type": "DynaccelTest_Record", "inputs": {"latent": ["10", 0], "name": "two-b"}}
+    log_before = len(server.log_path.read_text())
+    _ok(server.queue(g))
+    lines = re.findall(r"teacache: computed (\d+)/(\d+) steps, ", server.log_path.read_text()[log_before:])
+    assert sorted(int(total) for _, total in lines) == [6, 13]  # one run per sampler, each with its own step count
+    assert any(int(done) < int(total) for done, total in lines)
+    assert server.record("two-a")[0].shape == server.record("two-b")[0].shape
+
+
+# other architectures: (model file, latent node, attention mask in the conditioning, [(strategy, options, max rel. error)])
+ARCHS = {
+    # Wan 2.2 TI2V-5B layout (48 latent channels), same WanModel class
+    "wan22": ("tiny_wan22.safetensors", None, False,
+              [("teacache", {"threshold": 1.0}, 0.1), ("bwcache", {"threshold": 0.3}, 0.1), ("easycache", {"threshold": 0.8}, 0.15)]),
+    # HunyuanVideo class (ComfyUI detects this one as HunyuanImage 2.1): double-stream then single-stream blocks over
+    # cat(img, txt); the adapter splits the joint stream for the engine
+    "hunyuanvideo": ("tiny_hunyuanvideo.safetensors", None, False,
+                     [("teacache", {"threshold": 2.0}, 0.15), ("bwcache", {"threshold": 0.3}, 0.15), ("easycache", {"threshold": 0.8}, 0.15)]),
+    # blocks that add into their inputs in place (the runner hands them copies); random weights change fast here
+    "ltxv": ("tiny_ltxv.safetensors", ("EmptyLTXVLatentVideo", {"width": 128, "height": 128, "length": 17}), True,
+             [("teacache", {"threshold": 0.3}, 0.2), ("fbcache", {"threshold": 0.1}, 0.2), ("easycache", {"threshold": 0.8}, 0.1)]),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_other_architectures_identical_at_zero_and_fewer_calls_when_on(server, arch):
+    unet, latent, mask, cases = ARCHS[arch]
+    kw = dict(unet=unet, latent=latent, mask=mask)
+    _ok(server.queue(workflow(f"{arch}-base", **kw)))
+    base, base_calls = server.record(f"{arch}-base")
+    for name, options, bound in cases:
+        _ok(server.queue(workflow(f"{arch}-{name}-zero", name, _defaults(name) | {"threshold": 0.0}, **kw)))
+        zero, zero_calls = server.record(f"{arch}-{name}-zero")
+        assert torch.equal(zero, base) and zero_calls == base_calls, name
+        result = _ok(server.queue(workflow(f"{arch}-{name}-on", name, _defaults(name) | options, **kw)))
+        out, calls = server.record(f"{arch}-{name}-on")
+        assert calls < base_calls, name
+        rel = float((out - base).norm() / base.norm())
+        assert 0 < rel < bound, (name, rel)
+        assert _stats_text(result).startswith(f"{name}: computed ")
+
+
+def test_a_second_dynaccel_node_replaces_the_first(server, baseline):
+    g = workflow("chain", "easycache", _defaults("easycache") | {"threshold": 0.0})
+    g["3b"] = {"class_type": "Dynaccel_teacache", "inputs": {"model": ["1", 0], **TEACACHE, "threshold": 1.0}}
+    g["3"]["inputs"]["model"] = ["3b", 0]  # loader -> teacache -> easycache (threshold 0) -> sampler
+    log_before = len(server.log_path.read_text())
+    _ok(server.queue(g))
+    log = server.log_path.read_text()[log_before:]
+    assert "easycache: computed 10/10 steps" in log and "teacache: computed" not in log
+    out, calls = server.record("chain")
+    assert torch.equal(out, baseline[0]) and calls == baseline[1]  # teacache's leftover block patches are inert
+
+
+def test_preset_node_applies_a_preset_by_name(server, baseline):
+    result = _ok(server.queue(workflow("preset", preset="tiny-wan-fbcache")))
+    assert _stats_text(result).startswith("fbcache: computed ")
+    assert server.record("preset")[1] <= baseline[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "comfy_nodes" / "workflows").glob("*.api.json")), ids=lambda p: p.name)
+def test_example_workflows_use_only_nodes_and_inputs_this_comfyui_has(server, path):
+    info = server.get("/object_info")
+    for node in json.loads(path.read_text()).values():
+        assert node["class_type"] in info, node["class_type"]
+        spec = info[node["class_type"]]["input"]
+        known = set(spec.get("required", {})) | set(spec.get("optional", {}))
+        assert set(node["inputs"]) <= known, (node["class_type"], set(node["inputs"]) - known)
+
+
+def test_diffusers_and_comfyui_paths_make_the_same_decisions():
+    """One tiny Wan 2.1 model, its weights in both layouts: ComfyUI's sampler with the node's runner and the diffusers
+    model with enable_accel, same sigmas, noise and text features (see same_decisions_check.py)."""
+    probe = subprocess.run([PYTHON, "-c", "import diffusers, dynaccel"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("needs diffusers and dynaccel in ComfyUI's Python (see CONTRIBUTING.md)")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=COMFYUI)
+    out = subprocess.run([PYTHON, str(HERE / "same_decisions_check.py")], capture_output=True, text=True, env=env,
+                         cwd=COMFYUI, timeout=600, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["plain_rel_diff"] < 1e-5  # the two implementations of the model agree
+    skipping = set()
+    for case in report["cases"]:
+        assert case["comfy_skipped"] == case["diffusers_skipped"], case
+        assert case["comfy_reused_per_block"] == case["diffusers_reused_per_block"], case
+        assert abs(case["comfy_vs_plain"] - case["diffusers_vs_plain"]) < 1e-5, case
+        if case["threshold"] == 0.0:
+            assert case["comfy_skipped"] == [] and case["comfy_vs_plain"] == 0.0
+        elif case["comfy_skipped"] or any(case["comfy_reused_per_block"] or []):
+            skipping.add(case["strategy"])
+    assert skipping == {"teacache", "fbcache", "taylorseer", "easycache", "adacache", "bwcache"}
+
+
+def test_pip_install_one_line_shim(tmp_path):
+    """With dynaccel installed in ComfyUI's Python, the documented one-line file in custom_nodes loads the pack."""
+    probe = subprocess.run([PYTHON, "-c", "import dynaccel.comfy_nodes"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("dynaccel is not pip-installed in ComfyUI's Python (pip install -e . --no-deps there)")
+    shim = tmp_path / "shim.py"
+    shim.write_text("from dynaccel.comfy_nodes import comfy_entrypoint  # noqa: F401\n")
+    srv = Server(tmp_path / "srv", {"dynaccel_nodes.py": shim})
+    srv.start()
+    try:
+        info = srv.get("/object_info")
+        assert "Dynaccel_teacache" in info and "Dynaccel_Preset" in info
+        assert "IMPORT FAILED" not in srv.log_path.read_text()
+    finally:
+        srv.stop()
