@@ -21,6 +21,7 @@ probe), when the timestep goes up, or after ``handle.reset()``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -70,6 +71,9 @@ class CallInfo:
 class Pass:
     plan: MaskPlan
     block_mask: torch.Tensor  # (B or 1, H or 1, nQ, nK)
+    #: set for masks that repeat across calls (static patterns): the engine then keeps the mask's device copy and
+    #: index lists under this key instead of rebuilding them every call
+    cache_key: Any = None
 
 
 class SparsePolicy:
@@ -129,6 +133,9 @@ class SparseAttentionEngine:
         self._last_t: float | None = None
         self._fresh = True
         self.stats = _Stats()
+        self._prepared: dict[Any, kernels.BlockIndex] = {}
+        params = list(inspect.signature(model.forward).parameters)
+        self._timestep_pos = params.index("timestep") if "timestep" in params else None
 
     # ---- installation -----------------------------------------------------------------------------------------
     def install(self) -> None:
@@ -157,7 +164,9 @@ class SparseAttentionEngine:
     # ---- steps ------------------------------------------------------------------------------------------------
     def _pre_forward(self, module, args, kwargs):
         self.grid = tuple(int(g) for g in self.adapter.token_grid(args, kwargs))
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        t = kwargs.get("timestep")
+        if t is None and self._timestep_pos is not None and self._timestep_pos < len(args):
+            t = args[self._timestep_pos]
         t_val = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else (float(t) if t is not None else None)
         token = self.probe()[0] if self.probe is not None else None
         new_run = self._fresh or (token is not None and token is not self._token)
@@ -216,11 +225,12 @@ class SparseAttentionEngine:
         call = CallInfo(index, self.step, grid, num_text, self.config.block_size, q[:, :nv], k, v, kv_len)
         passes = self.policy.passes(call)
         video = None
-        density = 0.0
+        density = 0.0  # kept on the device (a tensor) until stats are read: no sync per call
         for p in passes:
             o = self._run_pass(p, q[:, :nv], k, v, nv, kv_len)
             video = o if video is None else video + o
-            density += float(p.block_mask[..., : nv // p.plan.block_size].float().mean()) if nv >= p.plan.block_size else 1.0
+            nkv = nv // p.plan.block_size  # key blocks holding video only
+            density = density + (p.block_mask[..., :nkv].float().mean() if nkv else 1.0)
         out[:, :nv] = video
         self.stats.sparse_calls += 1
         self.stats.density_sum += density
@@ -244,9 +254,14 @@ class SparseAttentionEngine:
         qo = qv.index_select(1, order).transpose(1, 2)
         ko = k.index_select(1, keys).transpose(1, 2)
         vo = v.index_select(1, keys).transpose(1, 2)
-        o = kernels.block_sparse_attention(
-            qo, ko, vo, p.block_mask.to(qv.device), p.plan.block_size, kv_len=kv_len, backend=self.config.backend
-        )
+        if p.cache_key is not None:
+            key = (p.cache_key, qv.device)
+            if key not in self._prepared:
+                self._prepared[key] = kernels.block_index(p.block_mask.to(qv.device))
+            mask = self._prepared[key]
+        else:
+            mask = p.block_mask.to(qv.device)
+        o = kernels.block_sparse_attention(qo, ko, vo, mask, p.plan.block_size, kv_len=kv_len, backend=self.config.backend)
         res = torch.empty_like(qv)
         res[:, order] = o.transpose(1, 2)
         return res
@@ -255,7 +270,7 @@ class SparseAttentionEngine:
     def summary_stats(self) -> dict[str, Any]:
         st = self.stats
         calls = st.sparse_calls + st.dense_calls
-        mean = (st.density_sum + st.dense_calls) / calls if calls else None
+        mean = (float(st.density_sum) + st.dense_calls) / calls if calls else None
         return {
             "strategy": self.strategy,
             "steps": st.steps,
@@ -264,7 +279,7 @@ class SparseAttentionEngine:
             "dense_calls": st.dense_calls,
             "mean_density": mean,
             "attention_sparsity": None if mean is None else 1.0 - mean,
-            "density_per_step": {s: sum(v) / len(v) for s, v in sorted(st.per_step_density.items())},
+            "density_per_step": {s: float(sum(v)) / len(v) for s, v in sorted(st.per_step_density.items())},
             **self.policy.extra_stats(),
         }
 

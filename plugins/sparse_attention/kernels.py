@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -38,6 +39,8 @@ except Exception:  # ImportError, or a broken install: the torch paths still wor
     tl = None
 
 __all__ = [
+    "BlockIndex",
+    "block_index",
     "block_sparse_attention",
     "block_sparse_attention_torch",
     "block_sparse_attention_reference",
@@ -101,6 +104,33 @@ def block_mask_to_indices(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch
     return order.to(torch.int32).contiguous(), counts.contiguous()
 
 
+@dataclass(frozen=True)
+class BlockIndex:
+    """A block mask with its per-row index lists, prepared once (:func:`block_index`) and reused across calls: the
+    kernels accept it wherever they accept a block mask, and then skip the conversion (a sort over the mask)."""
+
+    mask: torch.Tensor  # (B', H', nQ, nK) bool
+    indices: torch.Tensor  # (B', H', nQ, nK) int32, allowed blocks first, ascending
+    counts: torch.Tensor  # (B', H', nQ) int32
+
+    @property
+    def shape(self):
+        return self.mask.shape
+
+
+def block_index(block_mask: torch.Tensor) -> BlockIndex:
+    """Prepare ``block_mask`` (on the device the attention will run on) for repeated use."""
+    idx, cnt = block_mask_to_indices(block_mask)
+    return BlockIndex(block_mask, idx, cnt)
+
+
+def _split(block_mask):
+    """(mask, indices or None, counts or None) from a bool mask or a BlockIndex."""
+    if isinstance(block_mask, BlockIndex):
+        return block_mask.mask, block_mask.indices, block_mask.counts
+    return block_mask, None, None
+
+
 # -------------------------------------------------------------------------------------------------- reference
 
 
@@ -114,6 +144,7 @@ def block_sparse_attention_reference(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Dense attention in float32 with the block mask expanded to tokens; rows with no allowed key give zeros."""
+    block_mask = _split(block_mask)[0]
     _check(q, k, v, block_mask, block_size, kv_len)
     sq, sk, d = q.shape[2], k.shape[2], q.shape[3]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -140,6 +171,7 @@ def block_sparse_attention_torch(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Gathered block-sparse attention: per query block, one softmax over its allowed key blocks only."""
+    block_mask, pre_idx, pre_cnt = _split(block_mask)
     _check(q, k, v, block_mask, block_size, kv_len)
     b, h, sq, d = q.shape
     sk = k.shape[2]
@@ -158,7 +190,10 @@ def block_sparse_attention_torch(
             out = out.masked_fill((kv_len.to(q.device) == 0)[:, None, None, None], 0.0)
         return out.to(q.dtype)
 
-    idx, cnt = block_mask_to_indices(bm)
+    if pre_idx is not None and pre_idx.device == q.device:
+        idx, cnt = pre_idx.expand(b, h, nq, nk), pre_cnt.expand(b, h, nq)
+    else:
+        idx, cnt = block_mask_to_indices(bm)
     maxk = int(cnt.max()) if cnt.numel() else 0
     out = torch.zeros(b, h, nq * bs, d, device=q.device, dtype=torch.float32)
     if maxk == 0:
@@ -277,6 +312,7 @@ def block_sparse_attention_triton(
     """The Triton forward kernel (see the module docstring); raises when Triton is unavailable."""
     if triton is None:
         raise KernelBackendError("block_sparse_attention: triton does not import")
+    block_mask, idx, cnt = _split(block_mask)
     _check(q, k, v, block_mask, block_size, kv_len)
     b, h, sq, d = q.shape
     sk = k.shape[2]
@@ -284,7 +320,8 @@ def block_sparse_attention_triton(
         raise ValueError(f"block_sparse_attention: head dim {d}; the Triton kernel accepts head dims up to 256")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     nq = -(-sq // block_size)
-    idx, cnt = block_mask_to_indices(block_mask.to(q.device))
+    if idx is None or idx.device != q.device:
+        idx, cnt = block_mask_to_indices(block_mask.to(q.device))
     bb, hh = block_mask.shape[:2]
     # broadcast batch/head dims of the mask with zero strides
     idx = idx.expand(b, h, *idx.shape[2:])
@@ -325,6 +362,9 @@ def block_sparse_attention(
     backend: str = "auto",
 ) -> torch.Tensor:
     """Block-sparse attention ``softmax(q k^T * scale + mask) v`` visiting only the allowed key blocks.
+
+    ``block_mask``: a bool tensor, or a :class:`BlockIndex` prepared once with :func:`block_index` for masks used
+    many times (the conversion to index lists is then not repeated).
 
     Example::
 

@@ -99,7 +99,7 @@ def with_text(video_mask: torch.Tensor, num_video: int, num_text: int, block_siz
     """Widen a video x video block mask (..., nQ, nQ) to keys [video, text]: every block holding text is allowed."""
     nq = video_mask.shape[-1]
     nk = -(-(num_video + num_text) // block_size)
-    out = torch.zeros(*video_mask.shape[:-1], nk, dtype=torch.bool)
+    out = torch.zeros(*video_mask.shape[:-1], nk, dtype=torch.bool, device=video_mask.device)
     out[..., :nq] = video_mask
     first_text_block = num_video // block_size
     if num_text:

@@ -83,7 +83,7 @@ class _PASAPolicy(SparsePolicy):
         keep = torch.full(logits.shape[:-1], blocks_for_density(self.budget, nq), device=logits.device)
         always = torch.eye(nq, dtype=torch.bool, device=logits.device).expand_as(logits)
         video = topk_block_mask(logits, keep, always)
-        bm = with_text(video.cpu(), nv, call.num_text, bs)
+        bm = with_text(video, nv, call.num_text, bs)  # stays on the device: no copy, no sync
         return [Pass(MaskPlan(order, bm[:1, 0], bs, nv, call.num_text), bm)]
 
     @staticmethod

@@ -44,7 +44,7 @@ class _RadialPolicy(SparsePolicy):
 
     def passes(self, call: CallInfo):
         plan = self._plan(call.grid, call.num_text)
-        return [Pass(plan, plan.block_mask[None])]
+        return [Pass(plan, plan.block_mask[None], cache_key=(call.grid, call.num_text))]
 
 
 class Radial(SparseAttentionStrategy):

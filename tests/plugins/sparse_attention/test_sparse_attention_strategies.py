@@ -251,3 +251,15 @@ def test_readme_sparse_attention_example_runs():
     scope: dict = {}
     exec(compile(code, "README.md (Sparse attention)", "exec"), scope)
     assert scope["sta"].stats["sparse_calls"] > 0 and not scope["sta"].active
+
+
+def test_steps_follow_the_timestep_given_positionally(arch_of):
+    # CogVideoX takes (hidden_states, encoder_hidden_states, timestep): the step counter must read the timestep
+    a = arch_of("cogvideox")
+    h = enable(a, "sliding_tile", dense_steps=1, **SPARSE["sliding_tile"])
+    x = a.inputs
+    with torch.no_grad():
+        for t in (999, 999, 500):  # two CFG-like calls at one timestep, then the next step
+            a.model(x["hidden_states"], x["encoder_hidden_states"], torch.full((2,), t), return_dict=False)
+    s = h.stats
+    assert s["steps"] == 2 and s["density_per_step"][0] == 1.0 and s["density_per_step"][1] < 1.0
