@@ -8,9 +8,12 @@ Three ideas, as implemented here:
   the sample is turning; the attention budget (fraction of key blocks each query block keeps) is
   ``density * (1 + gain * curvature)``, capped at ``max_density``. The first two steps (no curvature yet) get
   ``max_density``.
-- *Grouped approximation.* Query and key blocks (3D tiles of the video, tile-major order) are pooled to their mean;
-  the pooled scores rank the key blocks of each query block per head, and the budget keeps the top ones (always the
-  block itself, always the text).
+- *Grouped approximation.* Query blocks (3D tiles of the video, tile-major order) are pooled to their mean; the
+  pooled query's softmax over every video key, summed per key block, estimates each block pair's attention mass
+  (cost: one row per query block, about ``1 / block_size`` of the attention). Each query block keeps its
+  highest-mass key blocks, the same number per block (``allocation="row"``, the default), or each head's budget
+  goes to its highest-mass pairs overall (``"head"``: rows with spread attention get more blocks; worse on
+  tiny-wan); always the block itself and the text.
 - *Stochastic selection bias.* Gumbel noise of scale ``noise`` (seeded by ``seed``, the step and the layer) is added
   to the pooled log-scores before ranking, softening the selection boundary between steps.
 
@@ -37,6 +40,10 @@ class PASAConfig(SparseAttentionConfig):
     gain: float = option(1.0, doc="how strongly trajectory curvature raises the budget", min=0.0, max=100.0)
     noise: float = option(0.0, doc="scale of the Gumbel selection bias (0: deterministic top-k)", min=0.0, max=10.0)
     seed: int = option(0, doc="seed of the selection noise", min=0, max=2**31 - 1)
+    allocation: str = option(
+        "row", doc="'head': a head's budget goes to its highest-mass block pairs (rows get what they need); "
+        "'row': every query block keeps the same share", choices=("head", "row"),
+    )
     tile_frames: int = option(1, doc="tile depth of a pooled block (tokens)", min=1, max=64)
     tile_height: int = option(4, doc="tile height of a pooled block", min=1, max=256)
     tile_width: int = option(4, doc="tile width of a pooled block", min=1, max=256)
@@ -73,16 +80,24 @@ class _PASAPolicy(SparsePolicy):
         order = self.plan(("o", grid), lambda: tile_order(grid, (c.tile_frames, c.tile_height, c.tile_width)))
         o = order.to(call.q.device)
         nq = -(-nv // bs)
-        qb = self._pool(call.q.index_select(1, o), nq, bs)  # (B, H, nQ, D)
-        kb = self._pool(call.k[:, :nv].index_select(1, o), nq, bs)
-        logits = torch.log_softmax(qb @ kb.transpose(-1, -2) / math.sqrt(qb.shape[-1]), dim=-1)
+        qb = self._pool(call.q.index_select(1, o), nq, bs)  # (B, H, nQ, D) block-mean queries
+        kt = call.k[:, :nv].index_select(1, o).float().transpose(1, 2)  # (B, H, Nv, D) every video key
+        # estimated attention mass of each key block for each query block: pooled query against the real keys
+        probs = torch.softmax(qb @ kt.transpose(-1, -2) / math.sqrt(qb.shape[-1]), dim=-1)  # (B, H, nQ, Nv)
+        probs = torch.nn.functional.pad(probs, (0, nq * bs - nv))
+        logits = torch.log(probs.reshape(*probs.shape[:-1], nq, bs).sum(-1) + 1e-12)  # (B, H, nQ, nQ)
         if c.noise > 0:
             gen = torch.Generator(device="cpu").manual_seed(c.seed * 1_000_003 + call.step * 1009 + call.index)
             u = torch.rand(logits.shape, generator=gen).clamp_(1e-9, 1 - 1e-9).to(logits.device)
             logits = logits - c.noise * torch.log(-torch.log(u))
-        keep = torch.full(logits.shape[:-1], blocks_for_density(self.budget, nq), device=logits.device)
         always = torch.eye(nq, dtype=torch.bool, device=logits.device).expand_as(logits)
-        video = topk_block_mask(logits, keep, always)
+        if c.allocation == "row":  # every query block keeps the same number of key blocks
+            keep = torch.full(logits.shape[:-1], blocks_for_density(self.budget, nq), device=logits.device)
+            video = topk_block_mask(logits, keep, always)
+        else:  # the head's budget goes to its highest-mass (query block, key block) pairs
+            flat = logits.flatten(-2)
+            keep = torch.full(flat.shape[:-1], blocks_for_density(self.budget, nq * nq), device=logits.device)
+            video = topk_block_mask(flat, keep, always.flatten(-2)).reshape(logits.shape)
         bm = with_text(video, nv, call.num_text, bs)  # stays on the device: no copy, no sync
         return [Pass(MaskPlan(order, bm[:1, 0], bs, nv, call.num_text), bm)]
 

@@ -25,8 +25,8 @@ class SlidingTileConfig(SparseAttentionConfig):
     tile_height: int = option(4, doc="tile height in tokens", min=1, max=256)
     tile_width: int = option(4, doc="tile width in tokens", min=1, max=256)
     radius_frames: int = option(1, doc="query tiles attend key tiles up to this many tiles away in time", min=0, max=1000)
-    radius_height: int = option(1, doc="... up to this many tiles away vertically", min=0, max=1000)
-    radius_width: int = option(1, doc="... up to this many tiles away horizontally", min=0, max=1000)
+    radius_height: int = option(1, doc="query tiles attend key tiles up to this many tiles away vertically", min=0, max=1000)
+    radius_width: int = option(1, doc="query tiles attend key tiles up to this many tiles away horizontally", min=0, max=1000)
 
 
 class _SlidingTilePolicy(SparsePolicy):

@@ -263,3 +263,28 @@ def test_steps_follow_the_timestep_given_positionally(arch_of):
             a.model(x["hidden_states"], x["encoder_hidden_states"], torch.full((2,), t), return_dict=False)
     s = h.stats
     assert s["steps"] == 2 and s["density_per_step"][0] == 1.0 and s["density_per_step"][1] < 1.0
+
+
+def test_pasa_head_allocation_spends_the_budget_unevenly_across_rows(arch_of, monkeypatch):
+    from dynaccel.plugins.sparse_attention import engine as engine_mod
+
+    seen = []
+    real = engine_mod.SparseAttentionEngine._run_pass
+
+    def spy(self, p, *args):
+        seen.append(p.block_mask)
+        return real(self, p, *args)
+
+    monkeypatch.setattr(engine_mod.SparseAttentionEngine, "_run_pass", spy)
+    a = arch_of("wan")
+    enable(a, "pasa", density=0.25, max_density=0.25, allocation="head")
+    a.run()
+    per_row = torch.stack([m[..., :12].sum(-1) for m in seen])  # key blocks kept per query block (12 video blocks)
+    per_head = per_row.sum(-1)
+    assert (per_head == per_head.flatten()[0]).all()  # the same budget for every head: ceil(0.25 * 144) = 36 pairs
+    assert int(per_head.flatten()[0]) == 36
+    assert per_row.min() < per_row.max()  # but not the same number per row
+    enable(a, "pasa", density=0.25, max_density=0.25, allocation="row")
+    seen.clear()
+    a.run()
+    assert all((m[..., :12].sum(-1) == 3).all() for m in seen)  # ceil(0.25 * 12) = 3 per row
