@@ -17,6 +17,8 @@ import torch
 BLOCKS = "blocks"  # ordered transformer blocks with their input/output layout
 MODULATED_INPUT = "modulated_input"  # block 0's timestep-modulated input (TeaCache signal)
 TEACACHE_PROFILE = "teacache_profile"  # which published TeaCache coefficients fit this model
+#: capability used by the sparse-attention family
+SELF_ATTENTION = "self_attention"  # self-attention modules, a processor for them, the video token grid
 
 
 @dataclass
@@ -107,6 +109,22 @@ class ModelAdapter:
 
     def modulated_input(self, block_args: tuple, block_kwargs: dict, mode: str = "normal") -> torch.Tensor:
         """Block 0's timestep-modulated input, computed from block 0's call arguments."""
+        raise NotImplementedError
+
+    def self_attention_modules(self) -> list[torch.nn.Module]:
+        """The attention modules whose queries and keys include the video tokens (self or joint text+video
+        attention), in execution order. Cross-attention to the prompt is not included."""
+        raise NotImplementedError
+
+    def sparse_attention_processor(self, module: torch.nn.Module, original: Any, router: Any, index: int) -> Any:
+        """A processor for ``module`` that computes q, k, v as the model does and asks ``router`` for the attention
+        output, telling it how many text tokens the joint sequence holds and where (see
+        ``plugins/adapters/diffusers_attention.py`` for the router protocol); ``original`` is the module's own."""
+        raise NotImplementedError
+
+    def token_grid(self, model_args: tuple, model_kwargs: dict) -> tuple[int, int, int]:
+        """(frames, height, width) of the video tokens after patching, from the model's call arguments. The
+        attention sees the video tokens in this raster order (frame, row, column)."""
         raise NotImplementedError
 
     def teacache_profile(self, mode: str = "normal") -> str | None:

@@ -23,6 +23,7 @@ from . import hookspecs
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("dynaccel.adapters", ".plugins.adapters"),
     ("dynaccel.cache", ".plugins.cache"),
+    ("dynaccel.sparse_attention", ".plugins.sparse_attention"),
     ("dynaccel.comfy", ".comfy_nodes.plugin"),
 )
 

@@ -404,6 +404,8 @@ def _computed(stats: dict[str, Any], counted: int | None, full: int | None) -> s
     """Transformer passes (or block calls) computed in the last generation, out of all."""
     if "blocks_computed" in stats:
         return f"{stats['blocks_computed']}/{stats['blocks_computed'] + stats['blocks_reused']} blk"
+    if stats.get("mean_density") is not None:  # sparse attention: share of attention blocks computed
+        return f"attn {stats['mean_density']:.0%}"
     if "computed" in stats and "passes" in stats and not isinstance(stats.get("transformer"), dict):
         return f"{stats['computed']}/{stats['passes']}"
     if counted is not None and full:

@@ -20,6 +20,15 @@ TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 }
 
 
+#: attention kernels (softmax, then P @ V with P rounded to the input dtype as FlashAttention does), compared with a
+#: float32 reference: outputs are weighted averages of O(1) values, so errors are a few ulps of the input dtype
+ATTENTION_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
+    torch.float32: dict(rtol=1e-4, atol=1e-5),
+    torch.bfloat16: dict(rtol=3e-2, atol=2e-2),
+    torch.float16: dict(rtol=4e-3, atol=3e-3),
+}
+
+
 def assert_close_for(dtype: torch.dtype, actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
     """``torch.testing.assert_close`` with the tolerance of inputs of ``dtype``; dtypes and devices must match."""
     if dtype not in TOLERANCES:

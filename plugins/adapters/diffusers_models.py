@@ -7,9 +7,19 @@ from __future__ import annotations
 
 import torch
 
-from ...core.adapters import BLOCKS, MODULATED_INPUT, TEACACHE_PROFILE, BlockSpec, ModelAdapter, class_name_matches
+from ...core.adapters import (
+    BLOCKS,
+    MODULATED_INPUT,
+    SELF_ATTENTION,
+    TEACACHE_PROFILE,
+    BlockSpec,
+    ModelAdapter,
+    class_name_matches,
+)
+from . import diffusers_attention
 
 _ALL = frozenset({BLOCKS, MODULATED_INPUT, TEACACHE_PROFILE})
+_VIDEO = _ALL | {SELF_ATTENTION}
 
 
 def _name(model) -> str:
@@ -43,6 +53,18 @@ class DiffusersAdapter(ModelAdapter):
         temb = spec.get_arg("temb", block_args, block_kwargs)
         return block.norm1(hs, emb=temb)[0]
 
+    #: (sparse attention) the processor class for this model's self-attention modules
+    sparse_processor_class: type | None = None
+
+    def sparse_attention_processor(self, module, original, router, index):
+        return self.sparse_processor_class(original, router, index)
+
+    def _grid(self, model_args, model_kwargs, frames_dim: int, patch_t: int, patch_h: int, patch_w: int):
+        hs = model_kwargs["hidden_states"] if "hidden_states" in model_kwargs else model_args[0]
+        f = hs.shape[frames_dim]
+        h, w = hs.shape[-2], hs.shape[-1]
+        return (f // patch_t, h // patch_h, w // patch_w)
+
 
 class WanAdapter(DiffusersAdapter):
     """diffusers ``WanTransformer3DModel`` (Wan 2.1 T2V/I2V, Wan 2.2).
@@ -54,6 +76,8 @@ class WanAdapter(DiffusersAdapter):
 
     name = "diffusers-wan"
     architectures = ("WanTransformer3DModel",)
+    capabilities = _VIDEO
+    sparse_processor_class = diffusers_attention.WanSparseProcessor
 
     def __init__(self, model):
         super().__init__(model)
@@ -74,6 +98,13 @@ class WanAdapter(DiffusersAdapter):
 
     def blocks(self) -> list[BlockSpec]:
         return _stacks(self.model, ("blocks",), hs=None)
+
+    def self_attention_modules(self):
+        return [b.attn1 for b in self.model.blocks]
+
+    def token_grid(self, model_args, model_kwargs):
+        pt, ph, pw = self.model.config.patch_size
+        return self._grid(model_args, model_kwargs, 2, pt, ph, pw)
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         if mode == "retention":
@@ -125,9 +156,18 @@ class HunyuanVideoAdapter(DiffusersAdapter):
 
     name = "diffusers-hunyuanvideo"
     architectures = ("HunyuanVideoTransformer3DModel",)
+    capabilities = _VIDEO
+    sparse_processor_class = diffusers_attention.HunyuanVideoSparseProcessor
 
     def blocks(self):
         return _stacks(self.model, ("transformer_blocks", "single_transformer_blocks"), hs=0, enc=1)
+
+    def self_attention_modules(self):
+        return [b.attn for b in list(self.model.transformer_blocks) + list(self.model.single_transformer_blocks)]
+
+    def token_grid(self, model_args, model_kwargs):
+        cfg = self.model.config
+        return self._grid(model_args, model_kwargs, 2, cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         if getattr(self.model.config, "image_condition_type", None) != "token_replace":
@@ -157,9 +197,18 @@ class CogVideoXAdapter(DiffusersAdapter):
 
     name = "diffusers-cogvideox"
     architectures = ("CogVideoXTransformer3DModel",)
+    capabilities = _VIDEO
+    sparse_processor_class = diffusers_attention.CogVideoXSparseProcessor
 
     def blocks(self):
         return _stacks(self.model, ("transformer_blocks",), hs=0, enc=1)
+
+    def self_attention_modules(self):
+        return [b.attn1 for b in self.model.transformer_blocks]
+
+    def token_grid(self, model_args, model_kwargs):
+        cfg = self.model.config
+        return self._grid(model_args, model_kwargs, 1, cfg.patch_size_t or 1, cfg.patch_size, cfg.patch_size)
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         spec = self.spec_of(self.model.transformer_blocks[0])

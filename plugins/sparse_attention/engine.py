@@ -1,0 +1,327 @@
+"""Shared machinery of the sparse-attention strategies: processors in, steps tracked, masks run through the kernel.
+
+A strategy is a *policy* that, for one attention call, returns the passes to run: each pass is a token order of the
+video tokens and a block mask over ``[video in that order] x [video in that order, text]`` (see :mod:`.masks`).
+The :class:`SparseAttentionEngine` installs the adapter's sparse processor on every self-attention module
+(``set_processor``; the originals are put back by ``remove()``), reads the video token grid and the denoising step
+from a forward pre-hook on the model, and runs the passes:
+
+- text query rows (the prompt's own attention, a few hundred rows) run dense with ``scaled_dot_product_attention``;
+- video query rows run :func:`.kernels.block_sparse_attention` once per pass, on the reordered tokens; the outputs
+  of passes (disjoint per head) are added;
+- text padding (HunyuanVideo) becomes a per-sample key length: text follows the video in the reordered keys.
+
+When a policy says a call is dense (warm-up steps, a full mask, density 1), the processor calls the module's
+original processor before computing anything, so dense settings are bit-identical to the plain model.
+
+Steps: a new denoising step starts when the model's ``timestep`` argument changes (CFG branches of one step share
+it; one host read per model call); a new generation when the pipeline's scheduler starts new timesteps (the run
+probe), when the timestep goes up, or after ``handle.reset()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ...core.adapters import SELF_ATTENTION
+from ...core.config import StrategyConfig, option
+from ...core.errors import DynaccelError
+from ...core.strategy import Handle, RunProbe, Strategy
+from . import kernels
+from .masks import MaskPlan
+
+
+@dataclass(frozen=True)
+class SparseAttentionConfig(StrategyConfig):
+    """Options every sparse-attention strategy has."""
+
+    block_size: int = option(
+        64, doc="tokens per block of the block-sparse kernel (GPU: 64 or 128; tiny models: 16)", choices=(16, 32, 64, 128)
+    )
+    dense_steps: int = option(
+        0, doc="the first N denoising steps run dense attention (warm-up); a value >= the step count keeps it dense",
+        min=0, max=10000,
+    )
+    backend: str = option(
+        "auto", doc="attention kernel: 'auto' (Triton on CUDA, else the torch path), 'triton' or 'torch'",
+        choices=("auto", "triton", "torch"),
+    )
+
+
+@dataclass
+class CallInfo:
+    """What a policy sees of one attention call (video part only)."""
+
+    index: int  # which attention module
+    step: int
+    grid: tuple[int, int, int]
+    num_text: int
+    block_size: int
+    q: torch.Tensor  # (B, Nv, H, D) video queries, raster order
+    k: torch.Tensor  # (B, Nv + Nt, H, D) keys [video raster, text]
+    v: torch.Tensor
+    kv_len: torch.Tensor | None  # (B,) valid keys in [video, text] order, or None
+
+
+@dataclass
+class Pass:
+    plan: MaskPlan
+    block_mask: torch.Tensor  # (B or 1, H or 1, nQ, nK)
+    #: set for masks that repeat across calls (static patterns): the engine then keeps the mask's device copy and
+    #: index lists under this key instead of rebuilding them every call
+    cache_key: Any = None
+
+
+class SparsePolicy:
+    """What a sparse-attention strategy decides. Subclasses implement :meth:`passes` and :meth:`full`."""
+
+    def __init__(self, config: SparseAttentionConfig):
+        self.config = config
+        self._plans: dict[tuple, MaskPlan] = {}
+
+    def plan(self, key: tuple, make) -> MaskPlan:
+        if key not in self._plans:
+            self._plans[key] = make()
+        return self._plans[key]
+
+    def full(self, grid: tuple[int, int, int], step: int) -> bool:
+        """True when every call at this grid and step is dense (the processors then skip the engine)."""
+        raise NotImplementedError
+
+    def passes(self, call: CallInfo) -> list[Pass]:
+        raise NotImplementedError
+
+    def step_started(self, step: int, latent: torch.Tensor) -> None:
+        """A new denoising step: ``latent`` is the model's hidden_states input of its first call."""
+
+    def run_started(self) -> None:
+        """A new generation."""
+
+    def extra_stats(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass
+class _Stats:
+    sparse_calls: int = 0
+    dense_calls: int = 0
+    density_sum: float = 0.0
+    steps: int = 0
+    per_step_density: dict[int, list[float]] = field(default_factory=dict)
+
+
+class SparseAttentionEngine:
+    """Runs one policy on one model (the router the adapter's processors call)."""
+
+    def __init__(self, model, adapter, policy: SparsePolicy, probe: RunProbe | None, strategy: str):
+        self.model = model
+        self.adapter = adapter
+        self.policy = policy
+        self.probe = probe
+        self.strategy = strategy
+        self.config = policy.config
+        self.modules = list(adapter.self_attention_modules())
+        self.originals: list[Any] = []
+        self.hook = None
+        self.grid: tuple[int, int, int] | None = None
+        self.step = 0
+        self._token: object | None = None
+        self._last_t: float | None = None
+        self._fresh = True
+        self.stats = _Stats()
+        self._prepared: dict[Any, kernels.BlockIndex] = {}
+        params = list(inspect.signature(model.forward).parameters)
+        self._timestep_pos = params.index("timestep") if "timestep" in params else None
+
+    # ---- installation -----------------------------------------------------------------------------------------
+    def install(self) -> None:
+        if not self.modules:
+            raise DynaccelError(f"{self.strategy}: the adapter {self.adapter.name!r} found no self-attention modules")
+        procs = [
+            self.adapter.sparse_attention_processor(m, m.processor, self, i) for i, m in enumerate(self.modules)
+        ]  # built before anything changes: a failure leaves the model untouched
+        for m, p in zip(self.modules, procs):
+            self.originals.append(m.processor)
+            m.set_processor(p)
+        self.hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+
+    def uninstall(self) -> None:
+        for m, orig in zip(self.modules, self.originals):
+            m.set_processor(orig)
+        self.originals.clear()
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+
+    def reset(self) -> None:
+        self._fresh = True
+        self._last_t = None
+
+    # ---- steps ------------------------------------------------------------------------------------------------
+    def _pre_forward(self, module, args, kwargs):
+        self.grid = tuple(int(g) for g in self.adapter.token_grid(args, kwargs))
+        t = kwargs.get("timestep")
+        if t is None and self._timestep_pos is not None and self._timestep_pos < len(args):
+            t = args[self._timestep_pos]
+        t_val = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else (float(t) if t is not None else None)
+        token = self.probe()[0] if self.probe is not None else None
+        new_run = self._fresh or (token is not None and token is not self._token)
+        if not new_run and t_val is not None and self._last_t is not None and t_val > self._last_t:
+            new_run = True
+        if new_run:
+            self._fresh = False
+            self._token = token
+            self.step = 0
+            self.stats = _Stats()
+            self.policy.run_started()
+            changed = True
+        else:
+            changed = t_val is None or t_val != self._last_t
+            if changed:
+                self.step += 1
+        self._last_t = t_val
+        if changed:
+            self.stats.steps = self.step + 1
+            hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            self.policy.step_started(self.step, hs)
+        return None
+
+    # ---- router protocol --------------------------------------------------------------------------------------
+    def sparse_now(self) -> bool:
+        if self.grid is None or self.step < self.config.dense_steps or self.policy.full(self.grid, self.step):
+            self.stats.dense_calls += 1
+            self.stats.per_step_density.setdefault(self.step, []).append(1.0)
+            return False
+        return True
+
+    def attend(self, index, q, k, v, *, num_text: int, text_first: bool, key_padding) -> torch.Tensor:
+        b, s, h, d = q.shape
+        nv = s - num_text
+        grid = self.grid
+        if grid is None or grid[0] * grid[1] * grid[2] != nv:
+            raise DynaccelError(
+                f"{self.strategy}: attention call with {nv} video tokens, but the token grid {grid} holds "
+                f"{None if grid is None else grid[0] * grid[1] * grid[2]}; this model layout is not supported"
+            )
+        if text_first:  # bring the joint sequence to [video, text]
+            q, k, v = (torch.cat([x[:, num_text:], x[:, :num_text]], dim=1) for x in (q, k, v))
+            if key_padding is not None:
+                key_padding = torch.cat([key_padding[:, num_text:], key_padding[:, :num_text]], dim=1)
+        kv_len = None
+        if key_padding is not None:
+            kv_len = key_padding.sum(1)
+            prefix = torch.arange(s, device=q.device)[None, :] < kv_len[:, None]
+            if not torch.equal(prefix, key_padding.to(prefix.device)) or bool((kv_len < nv).any()):
+                raise DynaccelError(
+                    f"{self.strategy}: the attention mask is not a padding of the text tokens; not supported"
+                )
+        out = torch.empty_like(q)
+        if num_text:
+            out[:, nv:] = self._dense_rows(q[:, nv:], k, v, kv_len)
+        call = CallInfo(index, self.step, grid, num_text, self.config.block_size, q[:, :nv], k, v, kv_len)
+        passes = self.policy.passes(call)
+        video = None
+        density = 0.0  # kept on the device (a tensor) until stats are read: no sync per call
+        for p in passes:
+            o = self._run_pass(p, q[:, :nv], k, v, nv, kv_len)
+            video = o if video is None else video + o
+            nkv = nv // p.plan.block_size  # key blocks holding video only
+            density = density + (p.block_mask[..., :nkv].float().mean() if nkv else 1.0)
+        out[:, :nv] = video
+        self.stats.sparse_calls += 1
+        self.stats.density_sum += density
+        self.stats.per_step_density.setdefault(self.step, []).append(density)
+        if text_first:
+            out = torch.cat([out[:, nv:], out[:, :nv]], dim=1)
+        return out
+
+    def _dense_rows(self, q, k, v, kv_len):
+        mask = None
+        if kv_len is not None:
+            mask = (torch.arange(k.shape[1], device=q.device)[None, :] < kv_len[:, None])[:, None, None, :]
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+        )
+        return o.transpose(1, 2)
+
+    def _run_pass(self, p: Pass, qv, k, v, nv, kv_len):
+        order = p.plan.order.to(qv.device)
+        keys = torch.cat([order, torch.arange(nv, k.shape[1], device=qv.device)])
+        qo = qv.index_select(1, order).transpose(1, 2)
+        ko = k.index_select(1, keys).transpose(1, 2)
+        vo = v.index_select(1, keys).transpose(1, 2)
+        if p.cache_key is not None:
+            key = (p.cache_key, qv.device)
+            if key not in self._prepared:
+                self._prepared[key] = kernels.block_index(p.block_mask.to(qv.device))
+            mask = self._prepared[key]
+        else:
+            mask = p.block_mask.to(qv.device)
+        o = kernels.block_sparse_attention(qo, ko, vo, mask, p.plan.block_size, kv_len=kv_len, backend=self.config.backend)
+        res = torch.empty_like(qv)
+        res[:, order] = o.transpose(1, 2)
+        return res
+
+    # ---- stats ------------------------------------------------------------------------------------------------
+    def summary_stats(self) -> dict[str, Any]:
+        st = self.stats
+        calls = st.sparse_calls + st.dense_calls
+        mean = (float(st.density_sum) + st.dense_calls) / calls if calls else None
+        return {
+            "strategy": self.strategy,
+            "steps": st.steps,
+            "attention_calls": calls,
+            "sparse_calls": st.sparse_calls,
+            "dense_calls": st.dense_calls,
+            "mean_density": mean,
+            "attention_sparsity": None if mean is None else 1.0 - mean,
+            "density_per_step": {s: float(sum(v)) / len(v) for s, v in sorted(st.per_step_density.items())},
+            **self.policy.extra_stats(),
+        }
+
+
+class SparseAttentionHandle(Handle):
+    def __init__(self, strategy, family, target, config, engine: SparseAttentionEngine):
+        super().__init__(strategy, family, target, config)
+        self.engine = engine
+
+    def _remove(self) -> None:
+        self.engine.uninstall()
+
+    def _reset(self, num_steps: int | None) -> None:
+        self.engine.reset()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.engine.summary_stats()
+
+    def summary(self) -> str:
+        s = self.stats
+        if not s["attention_calls"]:
+            return f"{self.strategy}: no attention call yet"
+        return (
+            f"{self.strategy}: {s['sparse_calls']}/{s['attention_calls']} attention calls sparse, mean density "
+            f"{s['mean_density']:.2f} over {s['steps']} steps"
+        )
+
+
+class SparseAttentionStrategy(Strategy):
+    """Base of the sparse-attention strategies: a ``Config`` and a ``Policy`` run by the shared engine."""
+
+    family = "sparse_attention"
+    needs_adapter = True
+    needs_capabilities = frozenset({SELF_ATTENTION})
+    Policy: ClassVar[type[SparsePolicy]]
+
+    def apply(self, target, config, adapter, run_probe):
+        engine = SparseAttentionEngine(target, adapter, self.Policy(config), run_probe, self.name)
+        try:
+            engine.install()
+        except BaseException:
+            engine.uninstall()
+            raise
+        return SparseAttentionHandle(self.name, self.family, target, config, engine)
