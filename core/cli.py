@@ -275,6 +275,26 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
                + ", ".join(map(str, written)))
 
 
+@cli.command()
+@click.option("--model", default="tiny-wan", show_default=True, help="zoo model name or local diffusers pipeline folder")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535), help="port on 127.0.0.1")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch threads (default: torch's)")
+@click.option("--no-warmup", is_flag=True, help="time the first generation of each side (no warm-up run)")
+def demo(model, port, threads, no_warmup):
+    """Gradio app on 127.0.0.1 (no share link): baseline vs accelerated side by side, and threshold sweeps."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise click.ClickException('the demo needs Gradio: pip install -c constraints.txt -e ".[demo]"') from None
+    import torch
+
+    from ..hf_integration import demo as d
+
+    if threads:
+        torch.set_num_threads(threads)
+    d.launch(model, port=port, warmup=not no_warmup)
+
+
 _commands_loaded = False
 
 
