@@ -161,3 +161,24 @@ def test_every_builtin_preset_passes_the_checks():
 def test_round_trip_through_json():
     preset = Preset.from_dict(GOOD)
     assert Preset.loads(preset.to_json()) == preset
+
+
+def test_presets_and_import_need_no_gradio_or_huggingface_hub():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('gradio', 'huggingface_hub', 'matplotlib'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import dynaccel\n"
+        "from dynaccel.core.api import resolve_preset\n"
+        "from dynaccel.core.presets import check_config\n"
+        "print(check_config(resolve_preset('tiny-wan-teacache')).threshold)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0.2596"
