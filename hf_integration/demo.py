@@ -302,8 +302,11 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
     first = "teacache" if "teacache" in strategies else strategies[0]
     sweepable = [s for s in strategies if sweep_field(s) is not None]
     zoo_models = zoo.available()
-    default_steps = get_model(model).call.get("num_inference_steps", 20)
-    presets = sorted(n for n, p in reg.presets.items() if p.strategy in strategies)
+    loaded = get_model(model)
+    default_steps = loaded.call.get("num_inference_steps", 20)
+    arch = type(bench._denoiser(loaded.pipe)).__name__
+    presets = sorted(n for n, p in reg.presets.items()  # the ones made for this architecture (or any)
+                     if p.strategy in strategies and p.architecture in (None, arch))
     work = Path(tempfile.mkdtemp(prefix="dynaccel-demo-"))
 
     def options_of(strategy: str, values: tuple) -> dict[str, Any]:

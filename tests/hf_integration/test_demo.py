@@ -180,3 +180,24 @@ def test_controls_are_generated_from_the_config_schema(fresh_registry):
                      {"strength": 0.25, "every": 3.0, "mode": "safe", "verbose": True, "note": ""}, warmup=False)
     assert c.config == {"strength": 0.25, "every": 3, "mode": "safe", "verbose": True, "note": ""}
     assert torch.equal(c.accelerated, c.baseline)
+
+
+def test_loading_a_preset_fills_the_strategy_and_its_controls():
+    from dynaccel.core.registry import get_registry
+
+    app = demo.build_app("tiny-wan", warmup=False)
+    by_id = {b.elem_id: b for b in app.blocks.values() if getattr(b, "elem_id", None)}
+    offered = [c[0] for c in by_id["preset"].choices]
+    assert "tiny-wan-teacache" in offered and "teacache-wan2.1-t2v-1.3b" in offered
+    assert "teacache-flux" not in offered  # made for another architecture
+    load = next(f.fn for f in app.fns.values() if f.fn.__name__ == "load_preset")
+    updates = load("tiny-wan-fbcache")
+    strategies = sorted(dynaccel.list_strategies())
+    keys = [(s, f["name"]) for s in strategies for f in dynaccel.strategy_info(s)["fields"]]
+    assert updates[0]["value"] == "fbcache"
+    preset = get_registry().presets["tiny-wan-fbcache"]
+    for (s, name), update in zip(keys, updates[1:]):
+        if s == "fbcache":
+            assert update["value"] == preset.config.get(name, by_id[f"opt-fbcache-{name}"].value), name
+        else:
+            assert "value" not in update
