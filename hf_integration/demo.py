@@ -83,6 +83,7 @@ class Comparison:
     psnr_min_db: float
     ssim: float
     summary: str
+    warmup: bool = True
     stats: dict[str, Any] = field(default_factory=dict)
     baseline: torch.Tensor | None = field(default=None, repr=False)  # (F, C, H, W) in [0, 1]
     accelerated: torch.Tensor | None = field(default=None, repr=False)
@@ -154,7 +155,8 @@ def compare(model: DemoModel, prompt: str, seed: int, steps: int, strategy: str,
         model=model.name, prompt=prompt, seed=int(seed), steps=int(steps), strategy=strategy, config=config,
         baseline_s=base_t, accelerated_s=fast_t, speedup=base_t / fast_t, computed=bench._computed(stats, None, None),
         psnr_db=bench._psnr_of(float(mse.mean())), psnr_min_db=bench._psnr_of(float(mse.max())),
-        ssim=float(bench.ssim(fast, base).mean()), summary=summary, stats=stats, baseline=base, accelerated=fast,
+        ssim=float(bench.ssim(fast, base).mean()), summary=summary, warmup=warmup, stats=stats, baseline=base,
+        accelerated=fast,
     )
 
 
@@ -262,7 +264,8 @@ def results_markdown(c: Comparison) -> str:
         "",
         f"`{c.summary}`",
         "",
-        f"{c.strategy} options: `{json.dumps(c.config, sort_keys=True)}`; one timed run each, after a warm-up; "
+        f"{c.strategy} options: `{json.dumps(c.config, sort_keys=True)}`; one timed run each"
+        f"{', after a warm-up run' if c.warmup else ' (no warm-up)'}; "
         f"{c.steps} steps, seed {c.seed}, {torch.get_num_threads()} CPU thread(s)"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "") + ".",
     ])

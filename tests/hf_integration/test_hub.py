@@ -207,3 +207,21 @@ def test_offline_use_from_the_huggingface_hub_cache(fake_hub, tmp_path):
     pulled = json.loads(proc.stdout[proc.stdout.index("["):proc.stdout.rindex("]") + 1])
     assert [p["name"] for p in pulled] == ["tiny-wan-magcache", "tiny-wan-teacache"]
     assert proc.stdout.strip().splitlines()[-1].startswith("OK")
+
+
+def test_the_token_is_sent_and_a_refusal_is_a_clear_error():
+    with FakeHub(token="hf_secret") as server:
+        with pytest.raises(hub.HubError, match="create org/private: the Hub answered .*401"):
+            hub.push_presets("org/private", ["tiny-wan-teacache"], endpoint=server.url, token=False)
+        assert "org/private" not in server.repos
+        hub.push_presets("org/private", ["tiny-wan-teacache"], endpoint=server.url, token="hf_secret", private=True)
+        assert server.repos["org/private"]["private"] is True
+        assert "tiny-wan-teacache.json" in server.repos["org/private"]["files"]
+
+
+def test_presets_list_is_the_default(capsys):
+    main(["presets", "--json"])
+    default = json.loads(capsys.readouterr().out)
+    main(["presets", "list", "--json"])
+    assert json.loads(capsys.readouterr().out) == default
+    assert {p["name"] for p in default} >= {"tiny-wan-teacache", "teacache-flux"}
