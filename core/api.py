@@ -128,7 +128,7 @@ def check_preset_target(preset: Preset, target: Any, modules: list[tuple[str, to
             mismatch = zoo_name is not None and preset.model_id in zoo.available() and preset.model_id != zoo_name
             actual = zoo_name
         else:  # a Hub id
-            mismatch, actual = preset.model_id != loaded_from, loaded_from
+            mismatch, actual = preset.model_id.lower() != loaded_from.lower(), loaded_from  # Hub ids ignore case
         if mismatch:
             raise PresetError(repr(preset.name), "model_id",
                               f"the preset was tuned for {preset.model_id!r}; this pipeline is {actual!r}; {hint}")

@@ -135,6 +135,7 @@ def test_a_preset_for_another_model_id(tmp_path):
                                           "'Wan-AI/Wan2.1-T2V-14B-Diffusers'"):
         pipe.enable_accel(preset="teacache-wan2.1-t2v-1.3b")
     assert pipe.accel_stats == {}
+    pipe.register_to_config(_name_or_path="wan-ai/wan2.1-t2v-14b-diffusers")  # Hub ids ignore case
     handle = pipe.enable_accel(preset="teacache-wan2.1-t2v-14b")  # the matching one applies
     assert (handle.strategy, handle.config.threshold) == ("teacache", 0.2)
     pipe.disable_accel()
