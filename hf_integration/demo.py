@@ -320,7 +320,7 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
             m = get_model(model_name)
             c = compare(m, prompt, int(seed), int(steps), strategy, options_of(strategy, values), warmup=warmup,
                         progress=lambda f, d: progress(f, desc=d))
-        except (DynaccelError, ValueError) as exc:
+        except (DynaccelError, ValueError, TypeError) as exc:
             raise gr.Error(str(exc)) from None
         folder = Path(tempfile.mkdtemp(dir=work, prefix="compare-"))  # per request: nothing shared
         return (str(write_media(c.baseline, folder, "baseline")), str(write_media(c.accelerated, folder, strategy)),
@@ -334,7 +334,7 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
         try:
             rows = sweep(get_model(model_name), prompt, int(seed), int(steps), strategy, grid,
                          options_of(strategy, values))
-        except (DynaccelError, ValueError) as exc:
+        except (DynaccelError, ValueError, TypeError) as exc:
             raise gr.Error(str(exc)) from None
         option = sweep_field(strategy).name
         table = [[r.label, round(r.time_s, 4), round(r.speedup, 3), r.computed,
@@ -421,7 +421,7 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
                     raise ConfigError(f"options {options_json!r}: accepted: a JSON object of the strategy's options")
                 c = compare(get_model(model_name), prompt_text, int(seed_value), int(steps_value), strategy_name,
                             options, warmup=warmup)
-            except (DynaccelError, ValueError) as exc:
+            except (DynaccelError, ValueError, TypeError) as exc:
                 raise gr.Error(str(exc)) from None
             folder = Path(tempfile.mkdtemp(dir=work, prefix="api-"))
             out = c.metrics()
