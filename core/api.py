@@ -81,19 +81,57 @@ def _resolve_target(target: Any) -> tuple[list[tuple[str, torch.nn.Module]], Run
 
 
 def resolve_preset(preset: str | Path | Preset) -> Preset:
-    """A preset given by name (built-in or from a plugin), by JSON file path, or as a Preset."""
+    """A preset given by name (built-in or from a plugin), by JSON file path, by Hub reference
+    (``hub:ORG/REPO/NAME[@REVISION]``, read through the huggingface_hub cache), or as a Preset."""
     if isinstance(preset, Preset):
         return preset
     reg = get_registry()
     if isinstance(preset, str) and preset in reg.presets:
         return reg.presets[preset]
+    if isinstance(preset, str) and preset.startswith("hub:"):
+        from ..hf_integration import hub
+
+        return hub.load_hub_preset(preset)
     path = Path(preset)
     if path.suffix == ".json" or path.exists():
         if not path.exists():
             raise ConfigError(f"preset file {str(path)!r} does not exist")
         return Preset.load(path)
     available = ", ".join(sorted(reg.presets)) or "(none)"
-    raise ConfigError(f"unknown preset {preset!r}; give a JSON file path or one of: {available}")
+    raise ConfigError(f"unknown preset {preset!r}; give a JSON file path or one of: {available} "
+                      "(or hub:ORG/REPO/NAME for a preset on the Hugging Face Hub)")
+
+
+def _name_or_path(target: Any) -> str | None:
+    value = getattr(getattr(target, "config", None), "_name_or_path", None) or getattr(target, "name_or_path", None)
+    return value if isinstance(value, str) and value else None
+
+
+def check_preset_target(preset: Preset, target: Any, modules: list[tuple[str, torch.nn.Module]]) -> None:
+    """Refuse a preset tuned for another model: its ``architecture`` must be the denoiser's class, and its
+    ``model_id`` must match where the target says which model it is (a Hub id, or a zoo model's folder)."""
+    from .errors import PresetError
+
+    hint = f"to apply its options anyway: enable_accel(target, {preset.strategy!r}, **preset.config)"
+    if preset.architecture:
+        classes = sorted({type(m).__name__ for _, m in modules})
+        if preset.architecture not in classes:
+            raise PresetError(repr(preset.name), "architecture",
+                              f"the preset is for {preset.architecture}; this model is {', '.join(classes)}; {hint}")
+    loaded_from = _name_or_path(target)
+    if preset.model_id and loaded_from:
+        from .. import zoo
+
+        here = Path(loaded_from)
+        if here.exists():  # a local folder: only a zoo model says which model it is
+            zoo_name = next((n for n in zoo.available() if here.resolve() == Path(zoo.path(n)).resolve()), None)
+            mismatch = zoo_name is not None and preset.model_id in zoo.available() and preset.model_id != zoo_name
+            actual = zoo_name
+        else:  # a Hub id
+            mismatch, actual = preset.model_id.lower() != loaded_from.lower(), loaded_from  # Hub ids ignore case
+        if mismatch:
+            raise PresetError(repr(preset.name), "model_id",
+                              f"the preset was tuned for {preset.model_id!r}; this pipeline is {actual!r}; {hint}")
 
 
 class HandleGroup(Handle):
@@ -131,9 +169,14 @@ def enable_accel(target: Any, name: str | None = None, *, preset: str | Path | P
     """
     reg = get_registry()
     if preset is not None:
+        from .presets import check_config
+
         p = resolve_preset(preset)
         if name is not None and name != p.strategy:
-            raise ConfigError(f"preset {p.name!r} is for strategy {p.strategy!r}, not {name!r}")
+            raise ConfigError(f"preset {p.name!r}: field 'strategy': the preset is for strategy {p.strategy!r}, "
+                              f"not {name!r}")
+        check_config(p)
+        check_preset_target(p, target, _resolve_target(target)[0])
         name = p.strategy
         config = {**p.config, **config}
     if name is None:

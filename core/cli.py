@@ -4,6 +4,8 @@
     dynaccel strategies              # one line per strategy
     dynaccel strategies teacache     # its config fields: type, default, range, doc
     dynaccel strategies --json       # the same for machines
+    dynaccel presets [list|push REPO_ID|pull REPO_ID]   # presets; Hugging Face Hub push/pull
+    dynaccel demo                    # Gradio app on 127.0.0.1 (needs the demo extra)
 """
 
 from __future__ import annotations
@@ -96,10 +98,16 @@ def strategies(name: str | None, as_json: bool) -> None:
     click.echo(_table(rows, ["option", "type", "default", "range", "doc"]))
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def presets(as_json: bool) -> None:
-    """List built-in and plugin presets with their provenance."""
+@click.pass_context
+def presets(ctx: click.Context, as_json: bool) -> None:
+    """List presets (the default), or push them to / pull them from the Hugging Face Hub."""
+    if ctx.invoked_subcommand is None:
+        _list_presets(as_json)
+
+
+def _list_presets(as_json: bool) -> None:
     reg = get_registry()
     items = [reg.presets[n] for n in sorted(reg.presets)]
     if as_json:
@@ -107,6 +115,65 @@ def presets(as_json: bool) -> None:
         return
     rows = [[p.name, p.strategy, json.dumps(p.config), p.architecture or "-", p.provenance.get("source", "-")] for p in items]
     click.echo(_table(rows, ["preset", "strategy", "config", "architecture", "source"]))
+
+
+@presets.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def presets_list(as_json: bool) -> None:
+    """List built-in and plugin presets with their provenance."""
+    _list_presets(as_json)
+
+
+@presets.command("push")
+@click.argument("repo_id")
+@click.option("-p", "--preset", "names", multiple=True, required=True,
+              help="preset name or JSON file; repeatable (all go into one commit with a generated model card)")
+@click.option("--private", is_flag=True, help="create the repo as private")
+@click.option("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
+@click.option("--dry-run", "dry_run", type=click.Path(file_okay=False), default=None,
+              help="write the repo's files (presets, calibration files, README.md) to this folder; upload nothing")
+def presets_push(repo_id, names, private, endpoint, dry_run):
+    """Upload presets to the Hugging Face Hub model repo REPO_ID (created if missing; token from HF_TOKEN)."""
+    from ..hf_integration import hub
+
+    if dry_run:
+        written = hub.stage_repo(names, dry_run, hub.check_repo_id(repo_id))
+        click.echo(f"wrote {len(written)} preset(s) and README.md to {dry_run} (nothing uploaded)")
+        return
+    url = hub.push_presets(repo_id, names, endpoint=endpoint, private=private)
+    click.echo(f"pushed {', '.join(names)} to {repo_id}: {url}")
+    click.echo(f"use with: pipe.enable_accel(preset=\"hub:{repo_id}/NAME\")")
+
+
+@presets.command("pull")
+@click.argument("repo_id")
+@click.option("--revision", default=None, help="branch, tag or commit (default: main)")
+@click.option("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="huggingface_hub cache folder (default: HF_HUB_CACHE)")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="also copy the validated presets (and calibration files) to this folder")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def presets_pull(repo_id, revision, endpoint, cache_dir, out, as_json):
+    """Download a preset repo into the huggingface_hub cache and validate every preset in it."""
+    from ..hf_integration import hub
+
+    pulled = hub.pull_presets(repo_id, revision=revision, endpoint=endpoint, cache_dir=cache_dir)
+    if out:
+        hub.stage_repo(pulled, out, repo_id)
+    if as_json:
+        click.echo(json.dumps([json.loads(p.to_json()) for p in pulled], indent=2))
+        return
+    rows = []
+    for p in pulled:
+        m = p.provenance.get("measured", {}) if isinstance(p.provenance.get("measured"), dict) else {}
+        speed = m.get("speedup", p.provenance.get("speedup"))
+        rows.append([f"hub:{repo_id}/{p.name}", p.strategy, p.model_id or p.architecture or "-",
+                     f"{speed:.2f}x" if isinstance(speed, (int, float)) else "-",
+                     f"{m['psnr_db']:.2f}" if isinstance(m.get("psnr_db"), (int, float)) else "-"])
+    click.echo(_table(rows, ["preset", "strategy", "model", "speedup", "PSNR (dB)"]))
+    if out:
+        click.echo(f"\ncopied to {out}")
 
 
 @cli.command()
@@ -215,6 +282,26 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
     m = result.preset.provenance["measured"]
     click.echo(f"\nchose {result.chosen.label}: {m['speedup']:.2f}x at {m['psnr_db']:.2f} dB; wrote "
                + ", ".join(map(str, written)))
+
+
+@cli.command()
+@click.option("--model", default="tiny-wan", show_default=True, help="zoo model name or local diffusers pipeline folder")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535), help="port on 127.0.0.1")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch threads (default: torch's)")
+@click.option("--no-warmup", is_flag=True, help="time the first generation of each side (no warm-up run)")
+def demo(model, port, threads, no_warmup):
+    """Gradio app on 127.0.0.1 (no share link): baseline vs accelerated side by side, and threshold sweeps."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise click.ClickException('the demo needs Gradio: pip install -c constraints.txt -e ".[demo]"') from None
+    import torch
+
+    from ..hf_integration import demo as d
+
+    if threads:
+        torch.set_num_threads(threads)
+    d.launch(model, port=port, warmup=not no_warmup)
 
 
 _commands_loaded = False

@@ -36,3 +36,15 @@ class PluginError(DynaccelError, RuntimeError):
 
 class KernelBackendError(DynaccelError, RuntimeError):
     """An explicitly requested kernel backend cannot run here."""
+
+
+class PresetError(ConfigError):
+    """A preset that cannot be used: bad JSON, a field of the wrong type or range, or one meant for another model.
+
+    ``preset`` names the preset (or its file) and ``field`` the offending field (``config.threshold``...).
+    """
+
+    def __init__(self, preset: str, field: str | None, message: str):
+        self.preset, self.field = preset, field
+        where = f"preset {preset}" + (f": field {field!r}" if field else "")
+        super().__init__(f"{where}: {message}")
