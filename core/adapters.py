@@ -17,6 +17,9 @@ import torch
 BLOCKS = "blocks"  # ordered transformer blocks with their input/output layout
 MODULATED_INPUT = "modulated_input"  # block 0's timestep-modulated input (TeaCache signal)
 TEACACHE_PROFILE = "teacache_profile"  # which published TeaCache coefficients fit this model
+#: capability names used by the token families (token_pruning, early_exit) on transformers models
+DECODER_LAYERS = "decoder_layers"  # the language model's decoder layers, their attention modules and text config
+VISUAL_TOKENS = "visual_tokens"  # which input positions hold visual (image or video) tokens
 
 
 @dataclass
@@ -111,6 +114,32 @@ class ModelAdapter:
 
     def teacache_profile(self, mode: str = "normal") -> str | None:
         """Name of the published TeaCache coefficient set for this model, or None when there is none."""
+        return None
+
+    # -- token families (transformers language and vision-language models) --------------------------------------
+
+    def decoder_layers(self) -> list[torch.nn.Module]:
+        """The language model's decoder layers in execution order (their index is their KV-cache layer index)."""
+        raise NotImplementedError
+
+    def decoder_layer_container(self) -> torch.nn.ModuleList:
+        """The ModuleList the model iterates over (layer skipping stands a pass-through in for a layer there)."""
+        raise NotImplementedError
+
+    def attention_module(self, layer: torch.nn.Module) -> torch.nn.Module:
+        """The self-attention module of one decoder layer (the one that calls the attention interface)."""
+        raise NotImplementedError
+
+    def text_config(self) -> Any:
+        """The config the decoder layers read (its ``_attn_implementation`` picks their attention function)."""
+        raise NotImplementedError
+
+    def entry_module(self) -> torch.nn.Module:
+        """The module whose forward receives ``input_ids`` and the 2-D ``attention_mask`` (usually the model)."""
+        return self.model
+
+    def visual_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) bool: which positions of ``input_ids`` are visual tokens; None for text-only models."""
         return None
 
     def model_id(self) -> str | None:

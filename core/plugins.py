@@ -23,6 +23,8 @@ from . import hookspecs
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("dynaccel.adapters", ".plugins.adapters"),
     ("dynaccel.cache", ".plugins.cache"),
+    ("dynaccel.token_pruning", ".plugins.token_pruning"),
+    ("dynaccel.early_exit", ".plugins.early_exit"),
 )
 
 _ROOT_PACKAGE = __name__.rsplit(".", 2)[0]
