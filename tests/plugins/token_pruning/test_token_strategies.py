@@ -1,0 +1,197 @@
+"""Token strategies on tiny Llama, Qwen2 (text) and Llava, Qwen2-VL (vision-language) built from config, through
+generate() with the KV cache, batch 2 with left padding."""
+
+import pytest
+import torch
+
+import dynaccel
+from tiny_lms import tiny_llama, tiny_llava, tiny_qwen2, tiny_qwen2_vl
+
+TEXT = {"llama": tiny_llama, "qwen2": tiny_qwen2}
+VISUAL = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl}
+ALL = {**TEXT, **VISUAL}
+_MODELS = {}
+
+
+def model_and_inputs(arch, attn="sdpa"):
+    key = (arch, attn)
+    if key not in _MODELS:
+        model, make = ALL[arch](attn)
+        lengths = (20, 17) if arch in VISUAL else (48, 39)  # different lengths: left padding
+        _MODELS[key] = (model, make(lengths))
+    return _MODELS[key]
+
+
+def generate(model, inputs, n=6):
+    out = model.generate(**inputs, max_new_tokens=n, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    return out.sequences, torch.stack(out.scores)
+
+
+@pytest.fixture(autouse=True)
+def clean_models():
+    yield
+    for model, _ in _MODELS.values():
+        dynaccel.disable_accel(model)
+
+
+def assert_untouched(model):
+    """No hook of ours is left and the attention implementation name is the model's own."""
+    for m in model.modules():
+        hooks = list(m._forward_pre_hooks.values()) + list(m._forward_hooks.values())
+        assert not [h for h in hooks if getattr(h, "__module__", "").startswith("dynaccel")], type(m).__name__
+        assert not type(m).__name__.startswith("_Skipped")
+    assert not model.config.get_text_config()._attn_implementation.startswith("dynaccel_")
+
+
+NOOP = [
+    ("fastv", dict(layer=2, keep_ratio=1.0)),
+    ("sliminfer", dict(layer=2, interval=2, keep_ratio=1.0, block_size=4)),
+    ("layer_skip", dict(keep_ratio=1.0)),
+]
+PRUNED = [
+    ("fastv", dict(layer=2, keep_ratio=0.5)),
+    ("sliminfer", dict(layer=2, interval=2, keep_ratio=0.6, block_size=4)),
+    ("layer_skip", dict(keep_ratio=0.5)),
+]
+VISUAL_NOOP = [("visual_exit", dict(layer=6)), ("visual_exit", dict(layer=6, mode="adaptive", threshold=0.0))]
+VISUAL_PRUNED = [("visual_exit", dict(layer=3)), ("visual_exit", dict(layer=2, mode="adaptive", threshold=0.9))]
+
+
+def _id(p):
+    return f"{p[0]}-" + ",".join(f"{k}={v}" for k, v in p[1].items())
+
+
+@pytest.mark.parametrize("arch", list(ALL))
+def test_noop_settings_are_bit_identical_through_generate_and_disable_restores(arch):
+    model, inputs = model_and_inputs(arch)
+    seq, scores = generate(model, inputs)
+    settings = NOOP + (VISUAL_NOOP if arch in VISUAL else [])
+    for name, cfg in settings:
+        handle = model.enable_accel(name, **cfg)
+        s2, sc2 = generate(model, inputs)
+        assert torch.equal(s2, seq) and torch.equal(sc2, scores), (name, cfg)
+        assert handle.stats["prefill_token_layers"] == handle.stats["prefill_token_layers_full"] > 0
+        assert handle.stats["kv_entries"] == handle.stats["kv_entries_full"]
+        model.disable_accel()
+        assert_untouched(model)
+    s3, sc3 = generate(model, inputs)
+    assert torch.equal(s3, seq) and torch.equal(sc3, scores)
+
+
+@pytest.mark.parametrize(
+    "arch,setting",
+    [pytest.param(a, p, id=f"{a}-{_id(p)}") for a in ALL for p in PRUNED + (VISUAL_PRUNED if a in VISUAL else [])],
+)
+def test_pruned_settings_compute_less_and_disable_restores(arch, setting):
+    name, cfg = setting
+    model, inputs = model_and_inputs(arch)
+    seq, scores = generate(model, inputs)
+    handle = dynaccel.enable_accel(model, name, **cfg)
+    s2, sc2 = generate(model, inputs)
+    st = handle.stats
+    assert s2.shape == seq.shape and torch.isfinite(sc2).all()
+    assert torch.equal(s2[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+    if name == "layer_skip":  # the prompt runs every layer; decode steps skip some
+        assert st["prefill_token_layers"] == st["prefill_token_layers_full"]
+        assert len(st["skipped_layers"]) == 3 and 0 not in st["skipped_layers"] and 5 not in st["skipped_layers"]
+        assert st["decode_token_layers"] == st["decode_token_layers_full"] // 2
+    else:
+        assert st["prefill_token_layers"] < st["prefill_token_layers_full"]
+    assert st["kv_entries"] < st["kv_entries_full"]  # the cache holds fewer entries
+    assert not torch.equal(sc2, scores)  # pruning changed the computation
+    assert dynaccel.accel_stats(model)[name] == st
+    dynaccel.disable_accel(model)
+    assert_untouched(model)
+    s3, sc3 = generate(model, inputs)
+    assert torch.equal(s3, seq) and torch.equal(sc3, scores)
+
+
+@pytest.mark.parametrize("arch", ["llama", "llava"])
+def test_fastv_keeps_the_best_ranked_tokens_at_their_original_positions(arch):
+    model, inputs = model_and_inputs(arch)
+    handle = model.enable_accel("fastv", layer=2, keep_ratio=0.5)
+    out = model(**inputs, use_cache=True)
+    cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+    length = inputs["input_ids"].shape[1]
+    first = cache.layers[1]
+    assert first.keys.shape[-2] == length and cache.get_seq_length() == length  # layers before K keep everything
+    kept = cache.layers[2]
+    assert kept.get_seq_length() == length and kept.keys.shape[-2] == handle.stats["kept_tokens"] < length
+    positions = kept.positions
+    assert torch.equal(positions, positions.sort(dim=1).values) and int(positions.max()) == length - 1
+    pad = inputs["attention_mask"] == 0
+    if arch == "llava":  # all text tokens stay; only visual ones go
+        visual = inputs["input_ids"] == 90
+        for b in range(2):
+            text = torch.nonzero(~visual[b] & ~pad[b]).flatten()
+            assert set(text.tolist()) <= set(positions[b].tolist())
+    for b in range(2):  # padding goes first
+        assert not set(torch.nonzero(pad[b]).flatten().tolist()) & set(positions[b].tolist()) or pad[b].sum() > 9
+    assert out.logits.shape[1] == length  # outputs keep the sequence length
+    for layer in cache.layers[2:]:
+        assert layer.positions is positions  # one index map shared by the layers with the same history
+
+
+def test_sdpa_and_eager_agree_under_pruning():
+    (sdpa, inputs), (eager, _) = model_and_inputs("qwen2"), model_and_inputs("qwen2", "eager")
+    for model in (sdpa, eager):
+        model.enable_accel("sliminfer", layer=2, interval=2, keep_ratio=0.6, block_size=4)
+    s1, sc1 = generate(sdpa, inputs)
+    s2, sc2 = generate(eager, inputs)
+    assert torch.equal(s1, s2)
+    torch.testing.assert_close(sc1, sc2, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_rows_match_single_runs_without_padding():
+    model, make = tiny_llama()
+    both = make((40, 40), seed=3)
+    seq, scores = generate(model, both)
+    model.enable_accel("fastv", layer=2, keep_ratio=0.5)
+    s2, sc2 = generate(model, both)
+    for b in range(2):
+        single = {k: v[b : b + 1] for k, v in both.items()}
+        s1, sc1 = generate(model, single)
+        assert torch.equal(s1[0], s2[b])
+        torch.testing.assert_close(sc1[:, 0], sc2[:, b], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "arch,name,cfg,error,message",
+    [
+        ("llama", "fastv", dict(layer=6), dynaccel.ConfigError, r"option 'layer': got 6 \(the model has 6 decoder layers\); accepted for 'fastv' on this model: int with 1 <= layer <= 5"),
+        ("qwen2", "sliminfer", dict(layer=9), dynaccel.ConfigError, r"option 'layer': got 9"),
+        ("llava", "visual_exit", dict(layer=7), dynaccel.ConfigError, r"1 <= layer <= 6"),
+        ("llama", "fastv", dict(layer=0), dynaccel.ConfigError, r"option 'layer': got 0 .*accepted: int with 1 <= layer"),
+        ("llama", "fastv", dict(keep_ratio=0.0), dynaccel.ConfigError, r"option 'keep_ratio': got 0.0 .*0 < keep_ratio <= 1"),
+        ("qwen2_vl", "sliminfer", dict(keep_ratio=1.5), dynaccel.ConfigError, r"option 'keep_ratio': got 1.5"),
+        ("llava", "layer_skip", dict(keep_ratio=-0.1), dynaccel.ConfigError, r"option 'keep_ratio'"),
+        ("llama", "visual_exit", dict(layer=2), dynaccel.UnsupportedModelError, r"strategy 'visual_exit' does not support LlamaForCausalLM; supported architectures: .*LlavaForConditionalGeneration"),
+        ("qwen2", "visual_exit", dict(), dynaccel.UnsupportedModelError, r"does not support Qwen2ForCausalLM"),
+    ],
+)
+def test_bad_input_raises_clearly_and_leaves_the_model_unchanged(arch, name, cfg, error, message):
+    model, inputs = model_and_inputs(arch)
+    seq, scores = generate(model, inputs, n=3)
+    with pytest.raises(error, match=message):
+        model.enable_accel(name, **cfg)
+    assert_untouched(model)
+    assert dynaccel.accel_stats(model) == {}
+    s2, sc2 = generate(model, inputs, n=3)
+    assert torch.equal(s2, seq) and torch.equal(sc2, scores)
+
+
+def test_other_attention_implementations_are_refused():
+    model, _ = tiny_llama()
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(dynaccel.UnsupportedModelError, match="attention implementation .* uses 'flex_attention'"):
+        model.enable_accel("fastv")
+    assert_untouched(model)
+
+
+def test_token_strategies_do_not_stack_across_families():
+    model, _ = model_and_inputs("llama")
+    model.enable_accel("fastv")
+    with pytest.raises(dynaccel.StackingError, match="'layer_skip' \\(early_exit\\) cannot run together with 'fastv'"):
+        model.enable_accel("layer_skip")
+    model.enable_accel("sliminfer")  # same family: replaces fastv
+    assert list(model.accel_stats) == ["sliminfer"]
