@@ -79,12 +79,17 @@ def main() -> None:
                 t = time.perf_counter()
                 model(**x, use_cache=True, logits_to_keep=1)
                 times.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            out = model.generate(**x, max_new_tokens=args.new_tokens, do_sample=False, min_new_tokens=args.new_tokens)
-            gen_time = time.perf_counter() - t
+            one, full = [], []
+            for _ in range(args.repeats):  # decode time per token: generate(N) minus generate(1)
+                t = time.perf_counter()
+                model.generate(**x, max_new_tokens=1, do_sample=False)
+                one.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                out = model.generate(**x, max_new_tokens=args.new_tokens, do_sample=False, min_new_tokens=args.new_tokens)
+                full.append(time.perf_counter() - t)
         prefill = statistics.median(times)
         new = out[0, n:]
-        decode_tps = (args.new_tokens - 1) / max(gen_time - prefill, 1e-9)
+        decode_tps = (args.new_tokens - 1) / max(statistics.median(full) - statistics.median(one), 1e-9)
         text = tok.decode(new, skip_special_tokens=True)
         if base_prefill is None:
             base_prefill, base_tokens = prefill, new
