@@ -20,6 +20,8 @@ TEACACHE_PROFILE = "teacache_profile"  # which published TeaCache coefficients f
 #: capability names used by the token families (token_pruning, early_exit) on transformers models
 DECODER_LAYERS = "decoder_layers"  # the language model's decoder layers, their attention modules and text config
 VISUAL_TOKENS = "visual_tokens"  # which input positions hold visual (image or video) tokens
+VISION_SCORES = "vision_scores"  # the vision-encoder attention that ranks visual tokens (VisionZip)
+VISUAL_FRAMES = "visual_frames"  # visual tokens grouped into same-size frames (DyCoke's temporal merging)
 
 
 @dataclass
@@ -140,6 +142,24 @@ class ModelAdapter:
 
     def visual_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """(B, L) bool: which positions of ``input_ids`` are visual tokens; None for text-only models."""
+        return None
+
+    def vision_score_layer(self) -> tuple[torch.nn.Module, str, int]:
+        """(attention module, kind, group) of the vision-encoder layer whose attention ranks the visual tokens:
+        kind "cls" (the class token's row, which is not itself a visual token) or "mean" (attention received, averaged
+        over the queries); ``group`` encoder tokens make one LLM token (patch merging)."""
+        raise NotImplementedError
+
+    def vision_config(self) -> Any:
+        """The config the vision encoder's attention reads."""
+        raise NotImplementedError
+
+    def visual_frames(
+        self, input_ids: torch.Tensor, inputs: dict, chunks: list[int] | None = None
+    ) -> list[torch.Tensor] | None:
+        """Per batch row, a (frames, tokens per frame) LongTensor of positions (frames of one video, or images of
+        one size), or None when the prompt has fewer than two frames. ``chunks``: LLM tokens per vision-encoder
+        attention call, in encoding order, for encoders that attend within one frame at a time."""
         return None
 
     def model_id(self) -> str | None:

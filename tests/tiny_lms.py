@@ -80,12 +80,14 @@ def tiny_llava(attn: str = "sdpa", seed: int = 0):
                       vision_feature_select_strategy="default", vision_feature_layer=-2, attn_implementation=attn)
     model = _finish(LlavaForConditionalGeneration(cfg), attn)
 
-    def inputs(lengths=(20,), seed=0, images=16):
+    def inputs(lengths=(20,), seed=0, images=1):
+        """``images`` images per prompt (16 tokens each); several images of a prompt act as frames for DyCoke."""
         gen = torch.Generator().manual_seed(seed)
-        rows = [torch.cat([torch.tensor([1]), _ids(gen, 2), torch.full((images,), IMAGE_TOKEN), _ids(gen, n - 3)])
+        rows = [torch.cat([torch.tensor([1]), _ids(gen, 2), torch.full((16 * images,), IMAGE_TOKEN), _ids(gen, n - 3)])
                 for n in lengths]
         ids, mask = _pad_left(rows)
-        pixels = torch.randn((len(lengths), 3, 32, 32), generator=gen)
+        base = torch.randn((len(lengths), 1, 3, 32, 32), generator=gen)  # frames: one picture plus a little change
+        pixels = (base + 0.3 * torch.randn((len(lengths), images, 3, 32, 32), generator=gen)).flatten(0, 1)
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
 
     return model, inputs
@@ -103,16 +105,21 @@ def tiny_qwen2_vl(attn: str = "sdpa", seed: int = 0):
                         vision_start_token_id=88, vision_end_token_id=89, attn_implementation=attn)
     model = _finish(Qwen2VLForConditionalGeneration(cfg), attn)
 
-    def inputs(lengths=(20,), seed=0, grid=(1, 8, 8)):
+    def inputs(lengths=(20,), seed=0, grid=(1, 8, 8), video=False):
+        """One image per prompt, or (``video=True``) one video of ``grid[0]`` temporal patches (frames)."""
         gen = torch.Generator().manual_seed(seed)
         t, h, w = grid
-        n_img = t * h * w // 4
-        rows = [torch.cat([torch.tensor([1]), _ids(gen, 2), torch.tensor([88]), torch.full((n_img,), IMAGE_TOKEN),
+        n_vis = t * h * w // 4
+        token = VIDEO_TOKEN if video else IMAGE_TOKEN
+        rows = [torch.cat([torch.tensor([1]), _ids(gen, 2), torch.tensor([88]), torch.full((n_vis,), token),
                            torch.tensor([89]), _ids(gen, n - 3)]) for n in lengths]
         ids, mask = _pad_left(rows)
         patch_dim = 3 * 2 * 4 * 4
-        pixels = torch.randn((len(lengths) * t * h * w, patch_dim), generator=gen)
+        base = torch.randn((len(lengths), 1, h * w, patch_dim), generator=gen)  # frames: one picture, small changes
+        pixels = (base + 0.3 * torch.randn((len(lengths), t, h * w, patch_dim), generator=gen)).reshape(-1, patch_dim)
         thw = torch.tensor([list(grid)] * len(lengths))
+        if video:
+            return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pixels, "video_grid_thw": thw}
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "image_grid_thw": thw}
 
     return model, inputs

@@ -12,7 +12,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...core.adapters import DECODER_LAYERS, VISUAL_TOKENS, ModelAdapter, class_name_matches
+from ...core.adapters import (
+    DECODER_LAYERS,
+    VISION_SCORES,
+    VISUAL_FRAMES,
+    VISUAL_TOKENS,
+    ModelAdapter,
+    class_name_matches,
+)
 
 
 class CausalLMAdapter(ModelAdapter):
@@ -47,12 +54,7 @@ class VisionLanguageAdapter(CausalLMAdapter):
     model replaces with visual features (``config.image_token_id`` / ``config.video_token_id``)."""
 
     name = "transformers-vlm"
-    architectures = (
-        "LlavaForConditionalGeneration",
-        "Qwen2VLForConditionalGeneration",
-        "Qwen2_5_VLForConditionalGeneration",
-        "LlavaOnevisionForConditionalGeneration",
-    )
+    architectures = ("LlavaOnevisionForConditionalGeneration",)
     capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS})
 
     def decoder_stack(self) -> torch.nn.Module:
@@ -72,4 +74,103 @@ class VisionLanguageAdapter(CausalLMAdapter):
         return torch.isin(input_ids, ids)
 
 
-TRANSFORMERS_ADAPTERS = (CausalLMAdapter, VisionLanguageAdapter)
+    def vision_config(self) -> Any:
+        return self.model.config.vision_config
+
+
+def _runs(positions: torch.Tensor, size: int) -> torch.Tensor | None:
+    """Split sorted positions into consecutive frames of ``size``; None when fewer than two."""
+    if size <= 0 or positions.numel() < 2 * size or positions.numel() % size:
+        return None
+    return positions.view(-1, size)
+
+
+class LlavaAdapter(VisionLanguageAdapter):
+    """Llava: a CLIP-style tower; each image is one run of image tokens (several images of one size act as frames)."""
+
+    name = "transformers-llava"
+    architectures = ("LlavaForConditionalGeneration",)
+    capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS, VISION_SCORES, VISUAL_FRAMES})
+
+    def _tower_layers(self) -> torch.nn.ModuleList:
+        tower = self.model.model.vision_tower
+        return (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
+
+    def vision_score_layer(self) -> tuple[torch.nn.Module, str, int]:
+        cfg = self.model.config
+        layers = self._tower_layers()
+        vfl = cfg.vision_feature_layer
+        if not isinstance(vfl, int):
+            raise NotImplementedError("several vision feature layers")
+        index = len(layers) + vfl if vfl < 0 else vfl - 1  # hidden_states[i] is the output of layer i - 1
+        kind = "cls" if cfg.vision_feature_select_strategy == "default" else "mean"
+        return layers[index].self_attn, kind, 1
+
+    def tokens_per_image(self) -> int:
+        v = self.model.config.vision_config
+        n = (v.image_size // v.patch_size) ** 2
+        return n if self.model.config.vision_feature_select_strategy == "default" else n + 1
+
+    def visual_frames(self, input_ids: torch.Tensor, inputs: dict, chunks: list[int] | None = None) -> list[torch.Tensor] | None:
+        frames = []
+        for row in self.visual_token_mask(input_ids):
+            f = _runs(torch.nonzero(row).flatten(), self.tokens_per_image())
+            if f is None:
+                return None
+            frames.append(f)
+        return frames
+
+
+class QwenVLAdapter(VisionLanguageAdapter):
+    """Qwen2-VL / Qwen2.5-VL: a windowed ViT whose 2x2 patch groups merge into one LLM token; videos come with
+    ``video_grid_thw`` (temporal patches x height x width)."""
+
+    name = "transformers-qwen-vl"
+    architectures = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+    capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS, VISION_SCORES, VISUAL_FRAMES})
+
+    def vision_score_layer(self) -> tuple[torch.nn.Module, str, int]:
+        visual = self.model.model.visual
+        return visual.blocks[-1].attn, "mean", visual.spatial_merge_size**2
+
+    def visual_frames(self, input_ids: torch.Tensor, inputs: dict, chunks: list[int] | None = None) -> list[torch.Tensor] | None:
+        """Frames of one video per row: from ``video_grid_thw`` when the forward got it, else from the vision
+        encoder's per-frame attention calls (generate() encodes the video first and drops the grid); the video
+        chunks are the last ones encoded."""
+        video_id = getattr(self.model.config, "video_token_id", None)
+        if video_id is None:
+            return None
+        rows = [torch.nonzero(row == video_id).flatten() for row in input_ids]
+        grid = inputs.get("video_grid_thw")
+        merge = self.model.model.visual.spatial_merge_size**2
+        if grid is not None and len(grid) == len(rows):
+            sizes = [[h * w // merge] * t for t, h, w in grid.tolist()]
+        elif chunks:
+            total, sizes, taken = sum(r.numel() for r in rows), [], 0
+            tail = []
+            for c in reversed(chunks):
+                if taken >= total:
+                    break
+                tail.insert(0, c)
+                taken += c
+            if taken != total:
+                return None
+            sizes, k = [], 0
+            for r in rows:
+                row_sizes, n = [], 0
+                while n < r.numel() and k < len(tail):
+                    row_sizes.append(tail[k])
+                    n += tail[k]
+                    k += 1
+                sizes.append(row_sizes)
+        else:
+            return None
+        frames = []
+        for r, row_sizes in zip(rows, sizes):
+            if len(row_sizes) < 2 or len(set(row_sizes)) != 1 or sum(row_sizes) != r.numel():
+                return None
+            frames.append(r.view(len(row_sizes), row_sizes[0]))
+        return frames
+
+
+TRANSFORMERS_ADAPTERS = (CausalLMAdapter, VisionLanguageAdapter, LlavaAdapter, QwenVLAdapter)

@@ -68,8 +68,10 @@ class TokenStrategy(Strategy):
     def apply(self, target: Any, config: Any, adapter: Any, run_probe: Any) -> Handle:
         num_layers = len(adapter.decoder_layers())
         policy = self.make_policy(adapter, config, num_layers)  # raises on bad input, before anything is installed
-        if policy.needs_scores:
+        if policy.needs_scores or policy.needs_attention:
             check_attention(self.name, adapter.text_config())
+        if policy.vision_modules(adapter):
+            check_attention(self.name, adapter.vision_config())
         engine = TokenEngine(adapter, policy)
         engine.install()
         return TokenHandle(self.name, self.family, target, config, engine)

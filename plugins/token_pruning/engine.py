@@ -213,6 +213,7 @@ class Forward:
     memo: dict[Any, Any] = field(default_factory=dict)
     enabled: bool = True  # False when the cache cannot hold subsets (e.g. a static cache)
     started: bool = False  # the first decoder layer has run
+    inputs: dict = field(default_factory=dict)  # the entry module's keyword arguments (pixel_values, grids ...)
 
     def padding(self) -> torch.Tensor | None:
         """(B, L) bool: left/right padding positions of this forward, or None."""
@@ -229,6 +230,19 @@ class Policy:
     needs_scores = False
     #: whether after_layer must be called (installs forward hooks on every layer)
     needs_layer_outputs = False
+    #: whether attention_keys may narrow the keys a layer attends to (installs the attention function)
+    needs_attention = False
+
+    def vision_modules(self, adapter: Any) -> list[torch.nn.Module]:
+        """Vision-encoder attention modules whose calls :meth:`on_vision_attention` must see."""
+        return []
+
+    def on_vision_attention(self, fwd: Forward | None, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
+        pass
+
+    def attention_keys(self, layer: int, fwd: Forward, key: torch.Tensor, value: torch.Tensor, mask: Any) -> Any:
+        """None, or (key, value, mask) narrowed to the entries this layer attends to in this step."""
+        return None
 
     def wants_scores(self, layer: int, fwd: Forward) -> bool:
         return False
@@ -262,11 +276,12 @@ class TokenEngine:
         self.num_layers = len(self.layers)
         self.fwd: Forward | None = None
         self._handles: list[Any] = []
-        self._attn_config = None
-        self._attn_original: str | None = None
         self._layer_of: dict[int, int] = {}
         self._orig_attention: Callable | None = None
         self._swapped: dict[int, torch.nn.Module] = {}
+        self._swapped_configs: list[tuple[Any, Any]] = []
+        self._vision_ids: set[int] = set()
+        self._orig_vision_attention: Callable | None = None
         self.stats: dict[str, Any] = {}
         self.reset_stats()
 
@@ -281,35 +296,44 @@ class TokenEngine:
             if self.policy.needs_layer_outputs:
                 self._handles.append(layer.register_forward_hook(self._post(i), with_kwargs=True))
         self._handles.append(self.layers[-1].register_forward_hook(self._on_last_output))
-        if self.policy.needs_scores:
-            config = self.adapter.text_config()
-            original = original_attention_name(config)
-            name = _register_attention(original)
+        if self.policy.needs_scores or self.policy.needs_attention:
             attn_modules = [self.adapter.attention_module(layer) for layer in self.layers]
-            if original == "sdpa":
-                from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-                self._orig_attention = sdpa_attention_forward
-            else:  # the model's own eager function, from its modeling module
-                self._orig_attention = sys.modules[type(attn_modules[0]).__module__].eager_attention_forward
+            self._orig_attention = self._swap_attention(self.adapter.text_config(), attn_modules[0])
             for i, m in enumerate(attn_modules):
                 _OWNERS[m] = self
                 self._layer_of[id(m)] = i
-            self._attn_config, self._attn_original = config, config._attn_implementation
-            config._attn_implementation = name
+        vision = self.policy.vision_modules(self.adapter)
+        if vision:
+            self._orig_vision_attention = self._swap_attention(self.adapter.vision_config(), vision[0])
+            for m in vision:
+                _OWNERS[m] = self
+                self._vision_ids.add(id(m))
+
+    def _swap_attention(self, config: Any, module: torch.nn.Module) -> Callable:
+        """Point ``config`` at our registered attention function; return the function it used before."""
+        original = original_attention_name(config)
+        name = _register_attention(original)
+        if original == "sdpa":
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            fn = sdpa_attention_forward
+        else:  # the model's own eager function, from its modeling module
+            fn = sys.modules[type(module).__module__].eager_attention_forward
+        self._swapped_configs.append((config, config._attn_implementation))
+        config._attn_implementation = name
+        return fn
 
     def remove(self) -> None:
         self._restore_layers()
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for layer in self.layers:
-            m = self.adapter.attention_module(layer)
+        for m in list(_OWNERS.keys()):
             if _OWNERS.get(m) is self:
                 del _OWNERS[m]
-        if self._attn_config is not None:
-            self._attn_config._attn_implementation = self._attn_original
-            self._attn_config = None
+        for config, name in reversed(self._swapped_configs):
+            config._attn_implementation = name
+        self._swapped_configs = []
         self.fwd = None
 
     def reset_stats(self) -> None:
@@ -331,7 +355,7 @@ class TokenEngine:
     def _on_entry(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         mask = kwargs.get("attention_mask")
-        fwd = Forward(input_ids=input_ids, attention_mask_2d=mask if isinstance(mask, torch.Tensor) else None)
+        fwd = Forward(input_ids=input_ids, attention_mask_2d=mask if isinstance(mask, torch.Tensor) else None, inputs=kwargs)
         if input_ids is not None:
             fwd.visual = self.adapter.visual_token_mask(input_ids)
         self.fwd = fwd
@@ -535,9 +559,16 @@ class TokenEngine:
 
     def attention(self, module, query, key, value, attention_mask, **kwargs):
         fwd = self.fwd
+        if id(module) in self._vision_ids:  # generate() runs the vision encoder before the model's forward
+            self.policy.on_vision_attention(fwd, query, key, kwargs.get("scaling"))
+            return self._orig_vision_attention(module, query, key, value, attention_mask, **kwargs)
         i = self._layer_of.get(id(module))
-        if fwd is not None and fwd.enabled and i is not None and query.shape[2] > 0 and self.policy.wants_scores(i, fwd):
-            fwd.scores[i] = last_token_scores(query, key, attention_mask, kwargs.get("scaling"))
+        if fwd is not None and fwd.enabled and i is not None and query.shape[2] > 0:
+            if self.policy.wants_scores(i, fwd):
+                fwd.scores[i] = last_token_scores(query, key, attention_mask, kwargs.get("scaling"))
+            narrowed = self.policy.attention_keys(i, fwd, key, value, attention_mask)
+            if narrowed is not None:
+                key, value, attention_mask = narrowed
         return self._orig_attention(module, query, key, value, attention_mask, **kwargs)
 
 
