@@ -71,7 +71,7 @@ if triton is not None:
         qv = tl.load(q_ptr + batch * sq_b + head * sq_h + row * sq_r + dims, mask=dmask, other=0.0).to(tl.float32)
         k_base = k_ptr + batch * sk_b + (head // GROUPS) * sk_h
         lanes = tl.arange(0, BLOCK_N)
-        m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+        m_i = tl.full([BLOCK_N], -1e30, dtype=tl.float32)  # finite: masked keys (-inf) never give inf - inf
         s_i = tl.zeros([BLOCK_N], dtype=tl.float32)
         for start in range(0, n, BLOCK_N):
             cols = start + lanes
@@ -82,11 +82,10 @@ if triton is not None:
                 logit += tl.load(bias_ptr + batch * sb_b + row * sb_r + cols, mask=cmask, other=0.0).to(tl.float32)
             logit = tl.where(cmask, logit, float("-inf"))
             m_new = tl.maximum(m_i, logit)
-            alpha = tl.where(m_new == float("-inf"), 0.0, tl.exp(m_i - m_new))
-            s_i = s_i * alpha + tl.where(m_new == float("-inf"), 0.0, tl.exp(logit - m_new))
+            s_i = s_i * tl.exp(m_i - m_new) + tl.exp(logit - m_new)
             m_i = m_new
         m = tl.max(m_i, axis=0)
-        total = tl.sum(tl.where(m_i == float("-inf"), 0.0, s_i * tl.exp(m_i - m)), axis=0)
+        total = tl.sum(s_i * tl.exp(m_i - m), axis=0)
         inv = tl.where(total > 0, 1.0 / (total * H), 0.0)
         out_base = out_ptr + batch * (R * n) + row * n
         for start in range(0, n, BLOCK_N):
@@ -96,7 +95,7 @@ if triton is not None:
             logit = tl.sum(kv.to(tl.float32) * qv[None, :], axis=1) * scale
             if HAS_BIAS:
                 logit += tl.load(bias_ptr + batch * sb_b + row * sb_r + cols, mask=cmask, other=0.0).to(tl.float32)
-            p = tl.where(logit == float("-inf"), 0.0, tl.exp(logit - m)) * inv
+            p = tl.exp(logit - m) * inv
             tl.atomic_add(out_base + cols, p, mask=cmask)
 
 

@@ -53,8 +53,18 @@ PRUNED = [
     ("sliminfer", dict(layer=2, interval=2, keep_ratio=0.6, block_size=4)),
     ("layer_skip", dict(keep_ratio=0.5)),
 ]
-VISUAL_NOOP = [("visual_exit", dict(layer=6)), ("visual_exit", dict(layer=6, mode="adaptive", threshold=0.0))]
-VISUAL_PRUNED = [("visual_exit", dict(layer=3)), ("visual_exit", dict(layer=2, mode="adaptive", threshold=0.9))]
+VISUAL_NOOP = [
+    ("visual_exit", dict(layer=6)),
+    ("visual_exit", dict(layer=6, mode="adaptive", threshold=0.0)),
+    ("visionzip", dict(keep_ratio=1.0)),
+    ("dycoke", dict(keep_ratio=1.0, kv_keep_ratio=1.0)),
+]
+VISUAL_PRUNED = [
+    ("visual_exit", dict(layer=3)),
+    ("visual_exit", dict(layer=2, mode="adaptive", threshold=0.9)),
+    ("visionzip", dict(keep_ratio=0.25)),
+    ("dycoke", dict(keep_ratio=1.0, kv_keep_ratio=0.5)),  # decode-time KV pruning alone (one image: no frames)
+]
 
 
 def _id(p):
@@ -91,13 +101,17 @@ def test_pruned_settings_compute_less_and_disable_restores(arch, setting):
     st = handle.stats
     assert s2.shape == seq.shape and torch.isfinite(sc2).all()
     assert torch.equal(s2[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
-    if name == "layer_skip":  # the prompt runs every layer; decode steps skip some
+    if name == "dycoke":  # the prompt is computed whole; decode steps attend to half the visual entries
+        assert st["prefill_token_layers"] == st["prefill_token_layers_full"]
+        assert 0 < st["decode_visual_entries_attended"] <= st["decode_visual_entries"] // 2 + 2
+    elif name == "layer_skip":  # the prompt runs every layer; decode steps skip some
         assert st["prefill_token_layers"] == st["prefill_token_layers_full"]
         assert len(st["skipped_layers"]) == 3 and 0 not in st["skipped_layers"] and 5 not in st["skipped_layers"]
         assert st["decode_token_layers"] == st["decode_token_layers_full"] // 2
     else:
         assert st["prefill_token_layers"] < st["prefill_token_layers_full"]
-    assert st["kv_entries"] < st["kv_entries_full"]  # the cache holds fewer entries
+    if name != "dycoke":  # (dycoke keeps every entry: a dropped visual token may return at the next step)
+        assert st["kv_entries"] < st["kv_entries_full"]  # the cache holds fewer entries
     assert not torch.equal(sc2, scores)  # pruning changed the computation
     assert dynaccel.accel_stats(model)[name] == st
     dynaccel.disable_accel(model)
@@ -130,6 +144,39 @@ def test_fastv_keeps_the_best_ranked_tokens_at_their_original_positions(arch):
     assert out.logits.shape[1] == length  # outputs keep the sequence length
     for layer in cache.layers[2:]:
         assert layer.positions is positions  # one index map shared by the layers with the same history
+
+
+@pytest.mark.parametrize(
+    "arch,inputs",
+    [("llava", dict(lengths=(20, 17), images=3)), ("qwen2_vl", dict(lengths=(20, 17), grid=(3, 8, 8), video=True))],
+    ids=["llava-3-images", "qwen2_vl-video-3-frames"],
+)
+def test_dycoke_merges_repeated_frame_tokens_and_prunes_visual_kv_while_decoding(arch, inputs):
+    model, make = ALL[arch]()
+    x = make(**inputs)
+    seq, scores = generate(model, x)
+    handle = model.enable_accel("dycoke", keep_ratio=0.5, window=4, kv_layer=3, kv_keep_ratio=0.5)
+    s2, sc2 = generate(model, x)
+    st = handle.stats
+    # 3 frames of 16 tokens: frames 2 and 3 lose 8 tokens each, the same number in both rows
+    assert st["prefill_tokens"] - st["kept_tokens"] >= 16
+    assert st["prefill_computed_per_layer"] == [st["kept_tokens"]] * 6  # merged before the first layer
+    assert st["decode_visual_entries_attended"] < st["decode_visual_entries"]
+    assert s2.shape == seq.shape and not torch.equal(sc2, scores)
+    model.disable_accel()
+    s3, sc3 = generate(model, x)
+    assert torch.equal(s3, seq) and torch.equal(sc3, scores)
+
+
+@pytest.mark.parametrize("arch", list(VISUAL))
+def test_visionzip_keeps_a_quarter_of_the_visual_tokens_from_the_first_layer(arch):
+    model, inputs = model_and_inputs(arch)
+    handle = model.enable_accel("visionzip", keep_ratio=0.25, contextual=0.25)
+    generate(model, inputs, n=2)
+    st = handle.stats
+    assert st["kept_visual_tokens"] == [4, 4]  # 16 visual tokens per prompt: 3 dominant + 1 contextual
+    assert st["prefill_computed_per_layer"] == [st["kept_tokens"]] * 6
+    assert st["prefill_tokens"] - st["kept_tokens"] == 12  # each row drops 12 (the padded row: pads first)
 
 
 def test_sdpa_and_eager_agree_under_pruning():
@@ -167,6 +214,11 @@ def test_batch_rows_match_single_runs_without_padding():
         ("llava", "layer_skip", dict(keep_ratio=-0.1), dynaccel.ConfigError, r"option 'keep_ratio'"),
         ("llama", "visual_exit", dict(layer=2), dynaccel.UnsupportedModelError, r"strategy 'visual_exit' does not support LlamaForCausalLM; supported architectures: .*LlavaForConditionalGeneration"),
         ("qwen2", "visual_exit", dict(), dynaccel.UnsupportedModelError, r"does not support Qwen2ForCausalLM"),
+        ("llama", "visionzip", dict(), dynaccel.UnsupportedModelError, r"strategy 'visionzip' does not support LlamaForCausalLM; supported architectures: .*Qwen2VLForConditionalGeneration"),
+        ("qwen2", "dycoke", dict(), dynaccel.UnsupportedModelError, r"strategy 'dycoke' does not support Qwen2ForCausalLM"),
+        ("llava", "visionzip", dict(keep_ratio=0.0), dynaccel.ConfigError, r"option 'keep_ratio': got 0.0"),
+        ("qwen2_vl", "dycoke", dict(kv_layer=6), dynaccel.ConfigError, r"option 'kv_layer': got 6 \(the model has 6 decoder layers\)"),
+        ("llava", "dycoke", dict(kv_keep_ratio=0.0), dynaccel.ConfigError, r"option 'kv_keep_ratio': got 0.0"),
     ],
 )
 def test_bad_input_raises_clearly_and_leaves_the_model_unchanged(arch, name, cfg, error, message):
