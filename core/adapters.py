@@ -150,6 +150,11 @@ class ModelAdapter:
         over the queries); ``group`` encoder tokens make one LLM token (patch merging)."""
         raise NotImplementedError
 
+    def frame_attention_module(self) -> tuple[torch.nn.Module, int] | None:
+        """(attention module, tokens per LLM token) of a vision-encoder layer that attends within one frame per
+        call, when frame sizes must be read from those calls; None when :meth:`visual_frames` needs none."""
+        return None
+
     def vision_config(self) -> Any:
         """The config the vision encoder's attention reads."""
         raise NotImplementedError

@@ -126,12 +126,16 @@ class QwenVLAdapter(VisionLanguageAdapter):
     ``video_grid_thw`` (temporal patches x height x width)."""
 
     name = "transformers-qwen-vl"
-    architectures = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+    architectures = ("Qwen2VLForConditionalGeneration",)
     capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS, VISION_SCORES, VISUAL_FRAMES})
 
     def vision_score_layer(self) -> tuple[torch.nn.Module, str, int]:
         visual = self.model.model.visual
         return visual.blocks[-1].attn, "mean", visual.spatial_merge_size**2
+
+    def frame_attention_module(self) -> tuple[torch.nn.Module, int] | None:
+        visual = self.model.model.visual
+        return visual.blocks[-1].attn, visual.spatial_merge_size**2
 
     def visual_frames(self, input_ids: torch.Tensor, inputs: dict, chunks: list[int] | None = None) -> list[torch.Tensor] | None:
         """Frames of one video per row: from ``video_grid_thw`` when the forward got it, else from the vision
@@ -173,4 +177,17 @@ class QwenVLAdapter(VisionLanguageAdapter):
         return frames
 
 
-TRANSFORMERS_ADAPTERS = (CausalLMAdapter, VisionLanguageAdapter, LlavaAdapter, QwenVLAdapter)
+class Qwen25VLAdapter(QwenVLAdapter):
+    """Qwen2.5-VL: as Qwen2-VL, but its tower attends in windows of reordered patches, so encoder scores are not in
+    token order (no VisionZip); its full-attention blocks still attend one frame at a time (DyCoke's frames)."""
+
+    name = "transformers-qwen2.5-vl"
+    architectures = ("Qwen2_5_VLForConditionalGeneration",)
+    capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS, VISUAL_FRAMES})
+
+    def frame_attention_module(self) -> tuple[torch.nn.Module, int] | None:
+        visual = self.model.model.visual
+        return visual.blocks[visual.fullatt_block_indexes[-1]].attn, visual.spatial_merge_size**2
+
+
+TRANSFORMERS_ADAPTERS = (CausalLMAdapter, VisionLanguageAdapter, LlavaAdapter, QwenVLAdapter, Qwen25VLAdapter)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ...core.adapters import DECODER_LAYERS, VISION_SCORES, VISUAL_FRAMES, VISUAL_TOKENS
+from ...core.adapters import DECODER_LAYERS, VISUAL_FRAMES, VISUAL_TOKENS
 from ...core.config import StrategyConfig, option
 from ...core.errors import ConfigError
 from .base import TokenStrategy, check_keep_ratio, check_layer
@@ -58,9 +58,10 @@ class DyCokePolicy(Policy):
 
     def vision_modules(self, adapter: Any) -> list[torch.nn.Module]:
         # encoders that attend within one frame at a time (Qwen2-VL) tell the frame sizes by their calls
-        if self.cfg.keep_ratio >= 1.0 or VISION_SCORES not in adapter.capabilities:
+        found = adapter.frame_attention_module() if self.cfg.keep_ratio < 1.0 else None
+        if found is None:
             return []
-        module, _, self.group = adapter.vision_score_layer()
+        module, self.group = found
         return [module]
 
     def on_vision_attention(self, fwd, query, key, scaling) -> None:
