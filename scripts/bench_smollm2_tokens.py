@@ -68,37 +68,41 @@ def main() -> None:
     n = x["input_ids"].shape[1]
     print(f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), {n}-token prompt, CPU "
           f"({platform.processor() or platform.machine()}), {args.threads} thread(s), {datetime.date.today()}")
-    rows, base_prefill, base_tokens = [], None, None
-    for label, name, cfg in SETTINGS:
-        if name is not None:
-            model.enable_accel(name, **cfg)
-        with torch.inference_mode():
-            model(**x, use_cache=True, logits_to_keep=1)  # warm-up
-            times = []
-            for _ in range(args.repeats):
+    # settings are measured round-robin (a warm-up round, then --repeats rounds) so that a busy shared machine
+    # slows every setting alike; each number is the median over the rounds
+    prefill = {label: [] for label, _, _ in SETTINGS}
+    decode = {label: [] for label, _, _ in SETTINGS}
+    outputs, work = {}, {}
+    for rnd in range(args.repeats + 1):
+        for label, name, cfg in SETTINGS:
+            if name is not None:
+                model.enable_accel(name, **cfg)
+            with torch.inference_mode():
                 t = time.perf_counter()
                 model(**x, use_cache=True, logits_to_keep=1)
-                times.append(time.perf_counter() - t)
-            one, full = [], []
-            for _ in range(args.repeats):  # decode time per token: generate(N) minus generate(1)
+                p = time.perf_counter() - t
                 t = time.perf_counter()
                 model.generate(**x, max_new_tokens=1, do_sample=False)
-                one.append(time.perf_counter() - t)
+                one = time.perf_counter() - t
                 t = time.perf_counter()
                 out = model.generate(**x, max_new_tokens=args.new_tokens, do_sample=False, min_new_tokens=args.new_tokens)
-                full.append(time.perf_counter() - t)
-        prefill = statistics.median(times)
-        new = out[0, n:]
-        decode_tps = (args.new_tokens - 1) / max(statistics.median(full) - statistics.median(one), 1e-9)
+                many = time.perf_counter() - t
+            if rnd > 0:
+                prefill[label].append(p)
+                decode[label].append((args.new_tokens - 1) / max(many - one, 1e-9))
+            outputs[label] = out[0, n:]
+            stats = model.accel_stats.get(name, {}) if name else {}
+            work[label] = f"{stats['prefill_token_layers']}/{stats['prefill_token_layers_full']}" if stats else "all"
+            if name is not None:
+                model.disable_accel()
+    base = statistics.median(prefill[SETTINGS[0][0]])
+    rows = []
+    for label, name, cfg in SETTINGS:
+        pf = statistics.median(prefill[label])
+        new = outputs[label]
         text = tok.decode(new, skip_special_tokens=True)
-        if base_prefill is None:
-            base_prefill, base_tokens = prefill, new
-        agree = float((new == base_tokens).float().mean())
-        stats = model.accel_stats.get(name, {}) if name else {}
-        work = f"{stats['prefill_token_layers']}/{stats['prefill_token_layers_full']}" if stats else "all"
-        rows.append((label, prefill, base_prefill / prefill, decode_tps, work, agree, "4417" in text, text))
-        if name is not None:
-            model.disable_accel()
+        agree = float((new == outputs[SETTINGS[0][0]]).float().mean())
+        rows.append((label, pf, base / pf, statistics.median(decode[label]), work[label], agree, "4417" in text, text))
     print(f"{'setting':26s} {'prefill (s)':>11s} {'speedup':>8s} {'decode tok/s':>12s} {'token-layers':>13s} {'agree':>6s} {'answer ok':>9s}  output")
     for label, p, s, d, w, a, ok, text in rows:
         print(f"{label:26s} {p:11.3f} {s:7.2f}x {d:12.1f} {w:>13s} {a:6.2f} {str(ok):>9s}  {text!r}")

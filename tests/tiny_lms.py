@@ -123,3 +123,27 @@ def tiny_qwen2_vl(attn: str = "sdpa", seed: int = 0):
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "image_grid_thw": thw}
 
     return model, inputs
+
+
+def tiny_llava_onevision(attn: str = "sdpa", seed: int = 0):
+    """LLaVA-OneVision with a tiny SigLIP tower and a Qwen2 LM, fed a video: 4 frames of 32x32, 8x8 patches pooled
+    2x2 -> 4 tokens per frame, plus the newline token: 17 video tokens."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=32, patch_size=8)
+    text = Qwen2Config(**_text_kwargs())
+    cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
+                               video_token_index=VIDEO_TOKEN, vision_feature_layer=-1, attn_implementation=attn)
+    model = _finish(LlavaOnevisionForConditionalGeneration(cfg), attn)
+
+    def inputs(lengths=(20,), seed=0, frames=4):
+        gen = torch.Generator().manual_seed(seed)
+        rows = [torch.cat([torch.tensor([1]), _ids(gen, 2), torch.full((4 * frames + 1,), VIDEO_TOKEN), _ids(gen, n - 3)])
+                for n in lengths]
+        ids, mask = _pad_left(rows)
+        pixels = torch.randn((len(lengths), frames, 3, 32, 32), generator=gen)
+        return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pixels}
+
+    return model, inputs

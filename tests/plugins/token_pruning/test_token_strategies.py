@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dynaccel
-from tiny_lms import tiny_llama, tiny_llava, tiny_qwen2, tiny_qwen2_vl
+from tiny_lms import tiny_llama, tiny_llava, tiny_llava_onevision, tiny_qwen2, tiny_qwen2_vl
 
 TEXT = {"llama": tiny_llama, "qwen2": tiny_qwen2}
 VISUAL = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl}
@@ -177,6 +177,32 @@ def test_visionzip_keeps_a_quarter_of_the_visual_tokens_from_the_first_layer(arc
     assert st["kept_visual_tokens"] == [4, 4]  # 16 visual tokens per prompt: 3 dominant + 1 contextual
     assert st["prefill_computed_per_layer"] == [st["kept_tokens"]] * 6
     assert st["prefill_tokens"] - st["kept_tokens"] == 12  # each row drops 12 (the padded row: pads first)
+
+
+def test_llava_onevision_video_runs_the_strategies_its_adapter_supports():
+    model, make = tiny_llava_onevision()
+    x = make((20, 17))  # a 4-frame video per prompt, left padding
+    seq, scores = generate(model, x)
+    for name, noop, pruned in [
+        ("fastv", dict(keep_ratio=1.0), dict(layer=2, keep_ratio=0.5)),
+        ("visual_exit", dict(layer=6), dict(layer=3)),
+        ("sliminfer", dict(keep_ratio=1.0), dict(layer=2, interval=2, keep_ratio=0.5, block_size=4)),
+        ("layer_skip", dict(keep_ratio=1.0), dict(keep_ratio=0.5)),
+    ]:
+        model.enable_accel(name, **noop)
+        s2, sc2 = generate(model, x)
+        assert torch.equal(s2, seq) and torch.equal(sc2, scores), name
+        handle = model.enable_accel(name, **pruned)
+        s2, sc2 = generate(model, x)
+        st = handle.stats
+        assert not torch.equal(sc2, scores) and st["kv_entries"] < st["kv_entries_full"], name
+        model.disable_accel()
+    for name in ("visionzip", "dycoke"):  # anyres packing reorders the tower's tokens: no adapter support
+        with pytest.raises(dynaccel.UnsupportedModelError, match=f"strategy '{name}' does not support LlavaOnevisionForConditionalGeneration"):
+            model.enable_accel(name)
+    assert_untouched(model)
+    s3, sc3 = generate(model, x)
+    assert torch.equal(s3, seq) and torch.equal(sc3, scores)
 
 
 def test_sdpa_and_eager_agree_under_pruning():
