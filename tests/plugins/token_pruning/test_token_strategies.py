@@ -273,3 +273,27 @@ def test_token_strategies_do_not_stack_across_families():
         model.enable_accel("layer_skip")
     model.enable_accel("sliminfer")  # same family: replaces fastv
     assert list(model.accel_stats) == ["sliminfer"]
+
+
+@pytest.mark.parametrize("arch", list(TEXT))
+def test_fastv_equals_running_the_kept_tokens_at_their_original_positions_by_hand(arch):
+    """Reference built without the engine: from layer K on, run the decoder layers by hand on the kept tokens only,
+    with a causal mask and rotary embeddings made from their original positions; same last-token logits."""
+    model, make = ALL[arch]()
+    x = make((40,), seed=5)
+    handle = model.enable_accel("fastv", layer=2, keep_ratio=0.5)
+    out = model(**x, use_cache=True)
+    kept = out.past_key_values.layers[2].positions  # (1, n) original positions of the kept tokens
+    assert kept.shape[1] == handle.stats["kept_tokens"] < 40
+    model.disable_accel()
+    stack = model.model
+    with torch.no_grad():
+        hidden = model(**x, output_hidden_states=True).hidden_states[2]  # input of layer 2, full length
+        h = hidden[:, kept[0]]
+        pos = kept
+        causal = (pos[:, None, :, None] >= pos[:, None, None, :])  # (1, 1, n, n): key position <= query position
+        pe = stack.rotary_emb(h, position_ids=pos)
+        for layer in stack.layers[2:]:
+            h = layer(h, attention_mask=causal, position_embeddings=pe, position_ids=pos)
+        want = model.lm_head(stack.norm(h))[:, -1]
+    torch.testing.assert_close(out.logits[:, -1], want, rtol=1e-5, atol=1e-5)
