@@ -444,6 +444,8 @@ class TokenEngine:
         fwd.computed.append(fwd.length if fwd.idx is None else fwd.idx.shape[1])
         kwargs = dict(kwargs)
         cols = self._cache_columns(i, fwd)
+        if fwd.cache is None and fwd.idx is not None:  # no cache: the keys are exactly the tokens computed
+            cols = fwd.idx
         if fwd.idx is not None or cols is not None:
             self._adapt_kwargs(i, fwd, kwargs, cols)
         if args:

@@ -297,3 +297,16 @@ def test_fastv_equals_running_the_kept_tokens_at_their_original_positions_by_han
             h = layer(h, attention_mask=causal, position_embeddings=pe, position_ids=pos)
         want = model.lm_head(stack.norm(h))[:, -1]
     torch.testing.assert_close(out.logits[:, -1], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llava"])
+def test_pruning_without_a_kv_cache(arch):
+    """use_cache=False: every step is a fresh prefill, pruned the same way; batch 2 with left padding."""
+    model, inputs = model_and_inputs(arch)
+    name, cfg = ("fastv", dict(layer=2, keep_ratio=0.5)) if arch == "qwen2" else ("visual_exit", dict(layer=3))  # noqa: E501
+    handle = model.enable_accel(name, **cfg)
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert handle.stats["prefill_token_layers"] < handle.stats["prefill_token_layers_full"]
+    logits = model(**inputs, use_cache=False).logits
+    assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
