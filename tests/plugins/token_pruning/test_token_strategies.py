@@ -125,7 +125,7 @@ def test_fastv_keeps_the_best_ranked_tokens_at_their_original_positions(arch):
     model, inputs = model_and_inputs(arch)
     handle = model.enable_accel("fastv", layer=2, keep_ratio=0.5)
     out = model(**inputs, use_cache=True)
-    cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+    cache = out.cache
     length = inputs["input_ids"].shape[1]
     first = cache.layers[1]
     assert first.keys.shape[-2] == length and cache.get_seq_length() == length  # layers before K keep everything
@@ -283,7 +283,7 @@ def test_fastv_equals_running_the_kept_tokens_at_their_original_positions_by_han
     x = make((40,), seed=5)
     handle = model.enable_accel("fastv", layer=2, keep_ratio=0.5)
     out = model(**x, use_cache=True)
-    kept = out.past_key_values.layers[2].positions  # (1, n) original positions of the kept tokens
+    kept = out.cache.layers[2].positions  # (1, n) original positions of the kept tokens
     assert kept.shape[1] == handle.stats["kept_tokens"] < 40
     model.disable_accel()
     stack = model.model
@@ -310,3 +310,32 @@ def test_pruning_without_a_kv_cache(arch):
     assert handle.stats["prefill_token_layers"] < handle.stats["prefill_token_layers_full"]
     logits = model(**inputs, use_cache=False).logits
     assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("arch", list(TEXT))
+def test_a_decode_step_after_fastv_equals_the_kept_tokens_plus_the_new_one_by_hand(arch):
+    """The decode step reads the pruned cache: layers from K on attend to the kept prompt tokens and the new token
+    at its original position. Reference without the engine: one pass over prompt + new token, layers >= K run by hand
+    on the kept tokens and the new one."""
+    model, make = ALL[arch]()
+    x = make((40,), seed=6)
+    model.enable_accel("fastv", layer=3, keep_ratio=0.4)
+    out = model(**x, use_cache=True)
+    cache = out.cache
+    kept = cache.layers[3].positions
+    new = out.logits[:, -1:].argmax(-1)
+    step = model(input_ids=new, attention_mask=torch.ones(1, 41, dtype=torch.long), cache=cache, use_cache=True)
+    assert cache.get_seq_length() == 41 and cache.layers[3].keys.shape[-2] == kept.shape[1] + 1
+    model.disable_accel()
+    stack = model.model
+    with torch.no_grad():
+        full_ids = torch.cat([x["input_ids"], new], dim=1)
+        hidden = model(input_ids=full_ids, output_hidden_states=True).hidden_states[3]
+        pos = torch.cat([kept, torch.tensor([[40]])], dim=1)
+        h = hidden[:, pos[0]]
+        causal = pos[:, None, :, None] >= pos[:, None, None, :]
+        pe = stack.rotary_emb(h, position_ids=pos)
+        for layer in stack.layers[3:]:
+            h = layer(h, attention_mask=causal, position_embeddings=pe, position_ids=pos)
+        want = model.lm_head(stack.norm(h))[:, -1]
+    torch.testing.assert_close(step.logits[:, -1], want, rtol=1e-5, atol=1e-5)
