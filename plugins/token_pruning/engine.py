@@ -25,7 +25,6 @@ name, and leaves a model that computes exactly what it computed before.
 
 from __future__ import annotations
 
-import math
 import sys
 import weakref
 from dataclasses import dataclass, field
@@ -641,7 +640,3 @@ def text_candidates(fwd: Forward, recent: int, device: torch.device) -> torch.Te
     pad = fwd.padding()
     first_real = torch.zeros(b, dtype=torch.long, device=device) if pad is None else pad.long().sum(1)  # left padding
     return (pos > first_real[:, None]) & (pos < length - recent)
-
-
-def ceil_count(n: int, ratio: float) -> int:
-    return int(math.ceil(n * ratio))

@@ -105,7 +105,8 @@ class VisionZipPolicy(Policy):
         if drop <= 0:
             return SAME
         kept = priority.topk(length - drop, dim=1).indices.sort(dim=1).values
-        self.stats = {"kept_visual_tokens": kept_visual, "kept_tokens": int(kept.shape[1])}
+        actual = visual.gather(1, kept).sum(1).tolist()  # rows with padding may keep a few more (equal drop counts)
+        self.stats = {"kept_visual_tokens": kept_visual, "visual_tokens_in_sequence": actual, "kept_tokens": int(kept.shape[1])}
         return kept, values
 
 

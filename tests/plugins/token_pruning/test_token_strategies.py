@@ -177,6 +177,7 @@ def test_visionzip_keeps_a_quarter_of_the_visual_tokens_from_the_first_layer(arc
     assert st["kept_visual_tokens"] == [4, 4]  # 16 visual tokens per prompt: 3 dominant + 1 contextual
     assert st["prefill_computed_per_layer"] == [st["kept_tokens"]] * 6
     assert st["prefill_tokens"] - st["kept_tokens"] == 12  # each row drops 12 (the padded row: pads first)
+    assert st["visual_tokens_in_sequence"] == [4, 7]  # the padded row drops its 3 pads and 9 visual tokens
 
 
 def test_llava_onevision_video_runs_the_strategies_its_adapter_supports():
