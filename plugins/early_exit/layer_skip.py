@@ -46,7 +46,7 @@ class LayerSkipPolicy(Policy):
 
     def after_layer(self, layer: int, fwd: Forward, inp: torch.Tensor, out: torch.Tensor) -> None:
         if fwd.first and self.n_skip > 0 and inp.shape[1] > 0 and out.shape[1] == inp.shape[1]:
-            a, b = inp[:, -1].float(), out[:, -1].float()
+            a, b = inp[:, -1].detach().float(), out[:, -1].detach().float()
             self.similarity[layer] = float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
 
     def end_forward(self, fwd: Forward) -> None:

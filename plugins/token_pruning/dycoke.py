@@ -89,7 +89,7 @@ class DyCokePolicy(Policy):
             f = f.to(hidden.device)
             n_frames, per_frame = f.shape
             drop_per_frame = per_frame - math.ceil(self.cfg.keep_ratio * per_frame)
-            h = torch.nn.functional.normalize(hidden[row].float(), dim=-1)
+            h = torch.nn.functional.normalize(hidden[row].detach().float(), dim=-1)
             dropped = 0
             for i in range(n_frames):
                 if i % self.cfg.window == 0 or drop_per_frame == 0:

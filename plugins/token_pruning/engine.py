@@ -598,7 +598,7 @@ def last_token_scores(query, key, attention_mask, scaling) -> torch.Tensor:
             bias = torch.zeros(row.shape, dtype=torch.float32, device=row.device).masked_fill(~row, float("-inf"))
         else:
             bias = row.float()
-    return query_rows_attention(query[:, :, -1:, :], key, bias, scale=scaling)[:, 0]
+    return query_rows_attention(query[:, :, -1:, :].detach(), key.detach(), bias, scale=scaling)[:, 0]
 
 
 # --------------------------------------------------------------------------------------------------- selection

@@ -51,6 +51,7 @@ class VisionZipPolicy(Policy):
         return [module]
 
     def on_vision_attention(self, fwd, query, key, scaling) -> None:
+        query, key = query.detach(), key.detach()
         if self.kind == "cls":
             scores = query_rows_attention(query[:, :, :1], key, scale=scaling)[:, 0, 1:]
         else:

@@ -340,3 +340,37 @@ def test_a_decode_step_after_fastv_equals_the_kept_tokens_plus_the_new_one_by_ha
             h = layer(h, attention_mask=causal, position_embeddings=pe, position_ids=pos)
         want = model.lm_head(stack.norm(h))[:, -1]
     torch.testing.assert_close(step.logits[:, -1], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", list(TEXT))
+def test_layer_skip_decode_equals_leaving_the_skipped_layers_out_by_hand(arch):
+    """Two decode steps with skipped layers equal a hand-run loop that leaves those layers out (their cache gets no
+    entry for the new tokens, later tokens attend to what it has)."""
+    from transformers import DynamicCache
+
+    model, make = ALL[arch]()
+    x = make((30,), seed=8)
+    handle = model.enable_accel("layer_skip", keep_ratio=0.5)
+    out = model(**x, use_cache=True)
+    cache, tokens, got = out.cache, [out.logits[:, -1:].argmax(-1)], []
+    skipped = set(handle.stats["skipped_layers"])
+    assert len(skipped) == 3
+    for step in range(2):
+        o = model(input_ids=tokens[-1], attention_mask=torch.ones(1, 31 + step, dtype=torch.long), cache=cache, use_cache=True)
+        got.append(o.logits[:, -1])
+        tokens.append(o.logits[:, -1:].argmax(-1))
+    assert handle.stats["decode_token_layers"] == 2 * 3
+    model.disable_accel()
+    stack = model.model
+    with torch.no_grad():
+        ref_cache = DynamicCache(config=model.config)
+        model(**x, cache=ref_cache, use_cache=True)
+        for step in range(2):
+            pos = torch.tensor([[30 + step]])
+            h = stack.embed_tokens(tokens[step])
+            pe = stack.rotary_emb(h, position_ids=pos)
+            for i, layer in enumerate(stack.layers):
+                if i not in skipped:
+                    h = layer(h, attention_mask=None, position_embeddings=pe, position_ids=pos, cache=ref_cache, use_cache=True)
+            want = model.lm_head(stack.norm(h))[:, -1]
+            torch.testing.assert_close(got[step], want, rtol=1e-5, atol=1e-5)
