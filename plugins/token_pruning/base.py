@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.adapters import DECODER_LAYERS
-from ...core.errors import ConfigError
+from ...core.errors import ConfigError, UnsupportedModelError
 from ...core.strategy import Handle, Strategy
 from .engine import Policy, TokenEngine, check_attention
 
@@ -20,6 +20,18 @@ def check_layer(strategy: str, name: str, value: int, low: int, high: int, num_l
         raise ConfigError(
             f"option {name!r}: got {value!r} (the model has {num_layers} decoder layers); "
             f"accepted for {strategy!r} on this model: int with {low} <= {name} <= {high}"
+        )
+
+
+def check_transformers(strategy: str) -> None:
+    """The engine uses transformers 5's cache layers and attention/mask interfaces."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    if major < 5:
+        raise UnsupportedModelError(
+            f"strategy {strategy!r} needs transformers >= 5.0 (cache layers, AttentionMaskInterface); "
+            f"installed: {transformers.__version__}; pip install 'dynaccel[transformers]'"
         )
 
 
@@ -66,6 +78,7 @@ class TokenStrategy(Strategy):
         raise NotImplementedError
 
     def apply(self, target: Any, config: Any, adapter: Any, run_probe: Any) -> Handle:
+        check_transformers(self.name)
         num_layers = len(adapter.decoder_layers())
         policy = self.make_policy(adapter, config, num_layers)  # raises on bad input, before anything is installed
         if policy.needs_scores or policy.needs_attention:
