@@ -32,10 +32,12 @@ from .core.hookspecs import hookimpl, hookspec
 from .core.presets import Preset
 from .core.strategy import Handle, Strategy
 from .hf_integration import diffusers_pipeline as _diffusers_pipeline
+from .hf_integration import transformers_model as _transformers_model
 
 __version__ = "0.1.0"
 
 _diffusers_pipeline.install()
+_transformers_model.install()
 
 # ComfyUI entry point (V3; importing comfy_nodes never imports ComfyUI, the nodes load when ComfyUI calls it)
 from .comfy_nodes import comfy_entrypoint  # noqa: E402

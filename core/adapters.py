@@ -19,6 +19,11 @@ MODULATED_INPUT = "modulated_input"  # block 0's timestep-modulated input (TeaCa
 TEACACHE_PROFILE = "teacache_profile"  # which published TeaCache coefficients fit this model
 #: capability used by the sparse-attention family
 SELF_ATTENTION = "self_attention"  # self-attention modules, a processor for them, the video token grid
+#: capability names used by the token families (token_pruning, early_exit) on transformers models
+DECODER_LAYERS = "decoder_layers"  # the language model's decoder layers, their attention modules and text config
+VISUAL_TOKENS = "visual_tokens"  # which input positions hold visual (image or video) tokens
+VISION_SCORES = "vision_scores"  # the vision-encoder attention that ranks visual tokens (VisionZip)
+VISUAL_FRAMES = "visual_frames"  # visual tokens grouped into same-size frames (DyCoke's temporal merging)
 
 
 @dataclass
@@ -129,6 +134,55 @@ class ModelAdapter:
 
     def teacache_profile(self, mode: str = "normal") -> str | None:
         """Name of the published TeaCache coefficient set for this model, or None when there is none."""
+        return None
+
+    # -- token families (transformers language and vision-language models) --------------------------------------
+
+    def decoder_layers(self) -> list[torch.nn.Module]:
+        """The language model's decoder layers in execution order (their index is their KV-cache layer index)."""
+        raise NotImplementedError
+
+    def decoder_layer_container(self) -> torch.nn.ModuleList:
+        """The ModuleList the model iterates over (layer skipping stands a pass-through in for a layer there)."""
+        raise NotImplementedError
+
+    def attention_module(self, layer: torch.nn.Module) -> torch.nn.Module:
+        """The self-attention module of one decoder layer (the one that calls the attention interface)."""
+        raise NotImplementedError
+
+    def text_config(self) -> Any:
+        """The config the decoder layers read (its ``_attn_implementation`` picks their attention function)."""
+        raise NotImplementedError
+
+    def entry_module(self) -> torch.nn.Module:
+        """The module whose forward receives ``input_ids`` and the 2-D ``attention_mask`` (usually the model)."""
+        return self.model
+
+    def visual_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) bool: which positions of ``input_ids`` are visual tokens; None for text-only models."""
+        return None
+
+    def vision_score_layer(self) -> tuple[torch.nn.Module, str, int]:
+        """(attention module, kind, group) of the vision-encoder layer whose attention ranks the visual tokens:
+        kind "cls" (the class token's row, which is not itself a visual token) or "mean" (attention received, averaged
+        over the queries); ``group`` encoder tokens make one LLM token (patch merging)."""
+        raise NotImplementedError
+
+    def frame_attention_module(self) -> tuple[torch.nn.Module, int] | None:
+        """(attention module, tokens per LLM token) of a vision-encoder layer that attends within one frame per
+        call, when frame sizes must be read from those calls; None when :meth:`visual_frames` needs none."""
+        return None
+
+    def vision_config(self) -> Any:
+        """The config the vision encoder's attention reads."""
+        raise NotImplementedError
+
+    def visual_frames(
+        self, input_ids: torch.Tensor, inputs: dict, chunks: list[int] | None = None
+    ) -> list[torch.Tensor] | None:
+        """Per batch row, a (frames, tokens per frame) LongTensor of positions (frames of one video, or images of
+        one size), or None when the prompt has fewer than two frames. ``chunks``: LLM tokens per vision-encoder
+        attention call, in encoding order, for encoders that attend within one frame at a time."""
         return None
 
     def model_id(self) -> str | None:

@@ -25,6 +25,8 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("dynaccel.cache", ".plugins.cache"),
     ("dynaccel.sparse_attention", ".plugins.sparse_attention"),
     ("dynaccel.comfy", ".comfy_nodes.plugin"),
+    ("dynaccel.token_pruning", ".plugins.token_pruning"),
+    ("dynaccel.early_exit", ".plugins.early_exit"),
 )
 
 _ROOT_PACKAGE = __name__.rsplit(".", 2)[0]

@@ -1,0 +1,125 @@
+"""VisionZip: keep the dominant visual tokens and merge the rest into a few contextual tokens, before the LLM.
+
+Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language Models", CVPR 2025, arXiv 2412.04467.
+Dominant tokens are the ones the vision encoder attends to most: the class token's attention in the layer whose
+output feeds the projector (CLIP towers), or the attention each token receives, averaged over queries (towers
+without a class token, e.g. Qwen2-VL's, summed over each merged 2x2 patch group); these scores are computed in that
+encoder layer by the query-row kernel, never from a materialised map of the whole model. The remaining visual tokens
+are merged: ``contextual`` of the kept budget goes to evenly spaced target tokens, each other token is averaged
+into its most similar target (cosine similarity of the projected features; the paper uses the encoder's keys).
+The LLM then runs on ``keep_ratio`` of the visual tokens from its first layer on, at their original positions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...core.adapters import DECODER_LAYERS, VISION_SCORES, VISUAL_TOKENS
+from ...core.config import StrategyConfig, option
+from .base import TokenStrategy, check_keep_ratio
+from .engine import SAME, Forward, Policy
+from .kernels import query_rows_attention
+
+
+@dataclass(frozen=True)
+class VisionZipConfig(StrategyConfig):
+    keep_ratio: float = option(0.25, doc="fraction of the visual tokens the LLM sees (1.0 keeps everything)", min=0.0, max=1.0, step=0.05)
+    contextual: float = option(0.15, doc="share of the kept visual tokens that are merged contextual tokens", min=0.0, max=0.9, step=0.05)
+
+    def validate(self) -> None:
+        check_keep_ratio(self.keep_ratio)
+
+
+class VisionZipPolicy(Policy):
+    def __init__(self, config: VisionZipConfig):
+        self.cfg = config
+        self.kind, self.group = "mean", 1
+        self.stats: dict[str, Any] = {}
+        self.pending: list[torch.Tensor] = []  # per image, in encoding order; consumed by the next prefill
+
+    def reset(self) -> None:
+        self.pending = []
+
+    def vision_modules(self, adapter: Any) -> list[torch.nn.Module]:
+        if self.cfg.keep_ratio >= 1.0:
+            return []
+        module, self.kind, self.group = adapter.vision_score_layer()
+        return [module]
+
+    def on_vision_attention(self, fwd, query, key, scaling) -> None:
+        query, key = query.detach(), key.detach()
+        if self.kind == "cls":
+            scores = query_rows_attention(query[:, :, :1], key, scale=scaling)[:, 0, 1:]
+        else:
+            scores = query_rows_attention(query, key, scale=scaling).mean(dim=1)
+            if self.group > 1:
+                scores = scores.view(scores.shape[0], -1, self.group).sum(-1)
+        self.pending.extend(scores.unbind(0))
+
+    def before_layer(self, layer: int, fwd: Forward, hidden: torch.Tensor) -> Any:
+        if layer != 0 or not fwd.first or self.cfg.keep_ratio >= 1.0 or fwd.visual is None or not self.pending:
+            return SAME
+        visual = fwd.visual
+        flat = torch.cat(self.pending).to(hidden.device)
+        self.pending = []
+        if flat.numel() != int(visual.sum()):
+            self.stats["note"] = "vision scores did not line up with the visual tokens; nothing pruned"
+            return SAME
+        b, length = visual.shape
+        vscore = torch.zeros(b, length, device=hidden.device)
+        vscore[visual] = flat.float()
+        pad = fwd.padding()
+        priority = torch.full((b, length), float("inf"), device=hidden.device)
+        values = hidden.clone()
+        drops, kept_visual = [], []
+        for row in range(b):
+            pos = torch.nonzero(visual[row]).flatten()
+            n_vis = pos.numel()
+            keep = max(1, math.ceil(self.cfg.keep_ratio * n_vis)) if n_vis else 0
+            n_ctx = min(int(round(keep * self.cfg.contextual)), max(keep - 1, 0))
+            n_dom = keep - n_ctx
+            order = vscore[row, pos].argsort(descending=True)
+            dom, rest = pos[order[:n_dom]], pos[order[n_dom:]].sort().values
+            priority[row, pos] = vscore[row, pos]  # droppable, the least attended first
+            priority[row, dom] = float("inf")
+            if n_ctx and rest.numel():
+                pick = torch.linspace(0, rest.numel() - 1, n_ctx, device=hidden.device).round().long().unique()
+                targets = rest[pick]
+                others = rest[~torch.isin(rest, targets)]
+                if others.numel():
+                    h = hidden[row].float()
+                    sim = torch.nn.functional.normalize(h[others], dim=-1) @ torch.nn.functional.normalize(h[targets], dim=-1).T
+                    assign = sim.argmax(dim=1)
+                    sums = h[targets].clone().index_add_(0, assign, h[others])
+                    counts = torch.ones(targets.numel(), device=hidden.device).index_add_(0, assign, torch.ones(others.numel(), device=hidden.device))
+                    values[row, targets] = (sums / counts[:, None]).to(values.dtype)
+                priority[row, targets] = float("inf")
+            if pad is not None:
+                priority[row, pad[row]] = -1.0
+            drops.append(n_vis - keep + (int(pad[row].sum()) if pad is not None else 0))
+            kept_visual.append(keep)
+        drop = min(drops)
+        if drop <= 0:
+            return SAME
+        kept = priority.topk(length - drop, dim=1).indices.sort(dim=1).values
+        actual = visual.gather(1, kept).sum(1).tolist()  # rows with padding may keep a few more (equal drop counts)
+        self.stats = {"kept_visual_tokens": kept_visual, "visual_tokens_in_sequence": actual, "kept_tokens": int(kept.shape[1])}
+        return kept, values
+
+
+class VisionZip(TokenStrategy):
+    """VisionZip (arXiv 2412.04467): dominant + merged contextual visual tokens, chosen before the LLM."""
+
+    name = "visionzip"
+    family = "token_pruning"
+    Config = VisionZipConfig
+    summary = "keep the visual tokens the vision encoder attends to most, merge the rest into contextual tokens"
+    paper = "arXiv 2412.04467"
+    needs_capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS, VISION_SCORES})
+
+    def make_policy(self, adapter, config, num_layers):
+        return VisionZipPolicy(config)
