@@ -1,0 +1,46 @@
+"""The built-in presets of the zoo models reproduce what their provenance records: on the held-out prompts they
+were calibrated on, each computes the recorded number of passes and meets the recorded quality target.
+
+On the machine that calibrated them the numbers are equal; another CPU may round differently, so the test allows a
+decision near a threshold to flip (one pass or block call either way) and 0.5 dB of drift."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+import dynaccel  # noqa: E402
+from dynaccel.core.registry import get_registry  # noqa: E402
+
+pytest.importorskip("diffusers")
+
+from dynaccel.hf_integration import bench  # noqa: E402
+
+CACHE = [s for s in dynaccel.list_strategies() if dynaccel.strategy_info(s)["family"] == "cache"]
+
+
+@pytest.mark.parametrize("model", ["tiny-wan", "tiny-flux"])
+def test_every_cache_strategy_has_a_preset_that_reproduces_its_provenance(model):
+    presets = get_registry().presets
+    names = [f"{model}-{s}" for s in CACHE]
+    assert [n for n in names if n not in presets] == []
+    prov = {n: presets[n].provenance for n in names}
+    first = next(iter(prov.values()))
+    settings = [bench.parse_setting(f"preset:{n}") for n in names]
+    pipe = bench.load_pipeline(bench.resolve_model(model))
+    call = {**bench.generation_defaults(model, bench.resolve_model(model))}
+    assert call["num_inference_steps"] == first["steps"]
+    rows = bench.run_bench(pipe, settings, first["heldout_prompts"], first["seeds"], call, repeats=1, progress=False)
+    for name, row in zip(names, rows[1:]):
+        measured = prov[name]["measured"]
+        got, want = _count(row.computed), _count(measured["computed"])
+        assert abs(got[0] - want[0]) <= 1 and got[1] == want[1], (name, row.computed, measured["computed"])
+        assert abs(row.psnr_db - measured["psnr_db"]) <= 0.5, (name, row.psnr_db, measured["psnr_db"])
+        assert row.psnr_db >= prov[name]["min_psnr_db"] - 0.5, (name, row.psnr_db)
+
+
+def _count(text: str) -> tuple[int, int]:
+    """'19/60' or '140/240 blk' -> (19, 60)."""
+    done, total = text.split()[0].split("/")
+    return int(done), int(total)
