@@ -130,8 +130,10 @@ class Accelerator:
         if engine is None or engine.current is None:
             return original(args)
         if self.adapter.inplace_blocks and (i <= 1 or self.policy.level == "per_block"):
-            # the block adds into its inputs in place; the engine keeps block 0's input (and output) as anchors
-            args = {k: (v.clone() if k in ("img", "txt") and isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+            # the block adds into its input tensors in place: it runs on copies, so that the tensors the engine keeps
+            # (block 0's input or output as anchor, a block's input for its own residual and reuse test) keep their
+            # values
+            original = _on_copies(original)
         return engine.block_forward(i, original, (args,), {})
 
     def _branch(self, opts: dict) -> str:
@@ -247,6 +249,15 @@ def accelerate(model: Any, strategy_name: str, options: dict[str, Any]) -> tuple
         for i, spec in enumerate(acc.adapter.blocks()):
             m.set_model_patch_replace(_block_patch(acc, i), "dit", spec.kind, spec.index)
     return m, acc
+
+
+def _on_copies(block: Callable) -> Callable:
+    """``block`` (a ComfyUI ``original_block``) called with copies of its ``img``/``txt`` input tensors."""
+
+    def run(args: dict) -> Any:
+        return block({k: (v.clone() if k in ("img", "txt") and isinstance(v, torch.Tensor) else v) for k, v in args.items()})
+
+    return run
 
 
 def _block_patch(acc: Accelerator, i: int) -> Callable:

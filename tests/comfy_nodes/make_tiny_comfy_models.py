@@ -9,10 +9,17 @@ python, ComfyUI's folder on sys.path): ``python make_tiny_comfy_models.py OUT_DI
 - ``tiny_wan22.safetensors``: the same ``WanModel`` with 48 latent channels: detected as Wan 2.2 (TI2V 5B layout).
 - ``tiny_ltxv.safetensors``: ``comfy.ldm.lightricks.model.LTXVModel``, 32 heads of 4 (width 128), 2 layers, 128 latent
   channels, caption width 4096.
+- ``tiny_flux.safetensors``: ``comfy.ldm.flux.model.Flux`` (FLUX.1-dev layout with guidance embedding), width 64
+  (1 head), 2 double- and 2 single-stream blocks, text width 64, pooled-vector width 32. ComfyUI's model detection
+  fixes Flux's width at 3072 (and its text width at 4096), so it cannot load this file: its unet config is stored in
+  the file's metadata (``dynaccel_unet_config``) and the test pack's ``DynaccelTest_TinyFluxLoader`` builds the model
+  from it the way ComfyUI's loader does after detection (``supported_models.Flux`` -> ``model_base.Flux`` ->
+  ``ModelPatcher``).
 - ``tiny_sd3.safetensors``: ``comfy.ldm.modules.diffusionmodules.mmdit.MMDiT`` (SD3 layout, depth 2 = width 128),
   an architecture no dynaccel ComfyUI adapter covers (for the bad-input test).
 """
 
+import json
 import sys
 
 import torch
@@ -85,6 +92,26 @@ def hunyuanvideo(out: str) -> None:
     save_file(sd, f"{out}/tiny_hunyuanvideo.safetensors")
 
 
+FLUX_CONFIG = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 64,
+    "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 1, "depth": 2, "depth_single_blocks": 2, "axes_dim": [16, 24, 24],
+    "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+}
+
+
+def flux(out: str) -> None:
+    _cpu_only()
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    m = Flux(operations=comfy.ops.disable_weight_init, **FLUX_CONFIG)
+    sd = _init(m, 4)
+    # RMS-norm scales (``*.scale``) start at one; modulations small, as in the other tiny models
+    sd = {k: (torch.ones_like(v) if k.endswith(".scale") else v * 0.2 if "_mod." in k or "modulation" in k else v)
+          for k, v in sd.items()}
+    save_file(sd, f"{out}/tiny_flux.safetensors", metadata={"dynaccel_unet_config": json.dumps(FLUX_CONFIG)})
+
+
 def sd3(out: str) -> None:
     _cpu_only()
     import comfy.ops
@@ -104,4 +131,5 @@ if __name__ == "__main__":
     wan(sys.argv[1], channels=48, name="tiny_wan22")
     ltxv(sys.argv[1])
     hunyuanvideo(sys.argv[1])
+    flux(sys.argv[1])
     sd3(sys.argv[1])

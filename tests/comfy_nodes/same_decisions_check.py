@@ -1,6 +1,6 @@
 """The diffusers path and the ComfyUI path on one shared tiny Wan 2.1 model: same skip decisions.
 
-Run with ComfyUI's Python (ComfyUI's folder on sys.path, dynaccel and diffusers installed there); prints one JSON
+Run with ComfyUI's Python (ComfyUI's folder and this repo, as ``dynaccel``, on sys.path; diffusers installed there); prints one JSON
 line. Used by ``test_comfyui_integration.py::test_diffusers_and_comfyui_paths_make_the_same_decisions``.
 
 A tiny diffusers ``WanTransformer3DModel`` (1 head of 128, so that ComfyUI's model detection accepts it) is built
@@ -117,7 +117,7 @@ def main() -> None:
 
     plain_c, _ = comfy_run()
     plain_d, _ = diffusers_run()
-    report = {"plain_rel_diff": float((plain_c - plain_d).norm() / plain_d.norm()), "cases": []}
+    report = {"dynaccel_file": dynaccel.__file__, "plain_rel_diff": float((plain_c - plain_d).norm() / plain_d.norm()), "cases": []}
     for strategy, threshold in CASES:
         out_c, stats_c = comfy_run(strategy, threshold)
         out_d, stats_d = diffusers_run(strategy, threshold)
