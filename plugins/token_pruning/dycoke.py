@@ -118,7 +118,7 @@ class DyCokePolicy(Policy):
         scores = fwd.scores.get(self.cfg.kv_layer - 1)
         if scores is None or scores.shape[1] != key.shape[2]:
             return None
-        memo_key = ("dycoke", id(scores))
+        memo_key = fwd.memo.key("dycoke", scores)
         idx = fwd.memo.get(memo_key)
         if idx is None:
             idx = self._select(fwd, layer, scores, key.shape[2])

@@ -194,6 +194,23 @@ def check_attention(strategy: str, config: Any) -> None:
 # ------------------------------------------------------------------------------------------------------- forward
 
 
+class Memo(dict):
+    """Values computed once per forward, keyed by the identity of the tensors they derive from.
+
+    ``key(kind, *objects)`` builds the key from ``id()`` of each object and keeps the objects alive as long as the
+    memo: an ``id`` is unique only while its object lives, and a freed tensor's id can come back for a new tensor
+    of another shape (a stale hit: position embeddings gathered for an earlier token subset).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.pinned: list[Any] = []
+
+    def key(self, kind: str, *objects: Any) -> tuple:
+        self.pinned.extend(o for o in objects if o is not None)
+        return (kind, *(None if o is None else id(o) for o in objects))
+
+
 @dataclass
 class Forward:
     """What the engine knows about one forward pass of the model."""
@@ -209,7 +226,7 @@ class Forward:
     full: torch.Tensor | None = None  # full-length hidden states of the tokens not computed
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> last-token attention over its keys
     computed: list[int] = field(default_factory=list)  # tokens computed per layer
-    memo: dict[Any, Any] = field(default_factory=dict)
+    memo: Memo = field(default_factory=Memo)
     enabled: bool = True  # False when the cache cannot hold subsets (e.g. a static cache)
     started: bool = False  # the first decoder layer has run
     inputs: dict = field(default_factory=dict)  # the entry module's keyword arguments (pixel_values, grids ...)
@@ -472,7 +489,7 @@ class TokenEngine:
         if idx is None and past is None:
             layer.seen = seen + fwd.length
             return None
-        key = ("cols", id(past) if past is not None else ("all", seen), id(idx))
+        key = fwd.memo.key("cols", past, idx) + ((("all", seen),) if past is None else ())
         cols = fwd.memo.get(key)
         if cols is None:
             device = idx.device if idx is not None else past.device
@@ -489,19 +506,19 @@ class TokenEngine:
         if idx is not None:
             pe = kwargs.get("position_embeddings")
             if isinstance(pe, tuple):
-                key = ("pe", id(pe[0]), id(idx))
+                key = fwd.memo.key("pe", pe[0], idx)
                 if key not in fwd.memo:
                     fwd.memo[key] = tuple(gather_tokens(t, idx, t.dim() - 2) for t in pe)
                 kwargs["position_embeddings"] = fwd.memo[key]
             pid = kwargs.get("position_ids")
             if isinstance(pid, torch.Tensor) and pid.dim() >= 2 and pid.shape[-1] == fwd.length:
-                key = ("pid", id(pid), id(idx))
+                key = fwd.memo.key("pid", pid, idx)
                 if key not in fwd.memo:
                     fwd.memo[key] = gather_tokens(pid, idx, pid.dim() - 1)
                 kwargs["position_ids"] = fwd.memo[key]
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:
-            key = ("mask", id(mask), id(idx), id(cols))
+            key = fwd.memo.key("mask", mask, idx, cols)
             if key not in fwd.memo:
                 fwd.memo[key] = _mask_rows_cols(mask, fwd.batch, idx, cols)
             kwargs["attention_mask"] = fwd.memo[key]
@@ -509,7 +526,7 @@ class TokenEngine:
             n = fwd.length if idx is None else idx.shape[1]
             past = 0 if cols is None else cols.shape[1] - n
             if n > 1 and past > 0:  # "causal over everything" no longer holds for a subset: spell it out
-                key = ("causal", id(idx), id(cols))
+                key = fwd.memo.key("causal", idx, cols)
                 if key not in fwd.memo:
                     seen = self._seen_before(fwd, i)
                     q = (torch.arange(fwd.length, device=cols.device).expand(fwd.batch, -1) if idx is None else idx) + seen
@@ -530,7 +547,7 @@ class TokenEngine:
             return None
         out = output[0] if isinstance(output, tuple) else output
         full = scatter_tokens(fwd.full, fwd.idx, out)
-        fwd.full, fwd.idx, fwd.memo = None, None, {}
+        fwd.full, fwd.idx, fwd.memo = None, None, Memo()
         fwd.length = 0
         return (full,) + tuple(output[1:]) if isinstance(output, tuple) else full
 
