@@ -45,28 +45,28 @@ def _accel_stats(self) -> dict[str, Any]:
     return accel_stats(self)
 
 
-def attach(pipeline_cls: type) -> None:
+def attach(target_cls: type) -> None:
+    """Add the three accel attributes to ``target_cls`` where it does not define them itself."""
     for attr, value in (
         ("enable_accel", _enable_accel),
         ("disable_accel", _disable_accel),
         ("accel_stats", property(_accel_stats)),
     ):
-        existing = pipeline_cls.__dict__.get(attr)
-        if existing is None:
-            setattr(pipeline_cls, attr, value)
+        if target_cls.__dict__.get(attr) is None:
+            setattr(target_cls, attr, value)
 
 
-class _AttachAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Post-import hook: once diffusers' pipeline_utils has executed, attach the methods."""
+class AttachAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Post-import hook: once ``module`` has executed, attach the methods to its class ``class_name``."""
+
+    def __init__(self, module: str, class_name: str):
+        self.module, self.class_name = module, class_name
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != _TARGET_MODULE:
+        if fullname != self.module:
             return None
         sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            pass
+        spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None:
             return None
         self._inner = spec.loader
@@ -78,14 +78,19 @@ class _AttachAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module):
         self._inner.exec_module(module)
-        attach(module.DiffusionPipeline)
+        attach(getattr(module, self.class_name))
+
+
+def install_on(module: str, class_name: str) -> None:
+    """Attach now if ``module`` is imported, else as soon as it is."""
+    mod = sys.modules.get(module)
+    if mod is not None and hasattr(mod, class_name):
+        attach(getattr(mod, class_name))
+        return
+    if not any(isinstance(f, AttachAfterImport) and f.module == module for f in sys.meta_path):
+        sys.meta_path.insert(0, AttachAfterImport(module, class_name))
 
 
 def install() -> None:
     """Attach now if diffusers' pipelines are imported, else as soon as they are."""
-    mod = sys.modules.get(_TARGET_MODULE)
-    if mod is not None and hasattr(mod, "DiffusionPipeline"):
-        attach(mod.DiffusionPipeline)
-        return
-    if not any(isinstance(f, _AttachAfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AttachAfterImport())
+    install_on(_TARGET_MODULE, "DiffusionPipeline")
