@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from dynaccel.zoo import synthetic_images as si
-from dynaccel.zoo.train_tiny_wan import SPECIAL_TOKENS, _lr_factor, _Progress
+from dynaccel.zoo.train_tiny_wan import SPECIAL_TOKENS, _lr_factor, _Progress, fit_vae
 
 MAX_SEQUENCE_LENGTH = 8
 SHIFT = 2.0
@@ -113,12 +113,6 @@ def build_text_encoders(vocab_size: int):
     return clip, t5
 
 
-def _pixel_weights(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W): 1 + 12 x distance from the background colour."""
-    bg = torch.tensor(si.BACKGROUND, dtype=x.dtype).mul(2).sub(1).view(1, 3, 1, 1)
-    return 1.0 + 12.0 * (x - bg).norm(dim=1, keepdim=True) / (2.0 * math.sqrt(3.0))
-
-
 def _to_numpy(x: torch.Tensor) -> np.ndarray:
     return x.clamp(-1, 1).add(1).div(2).permute(0, 2, 3, 1).cpu().numpy()
 
@@ -150,35 +144,12 @@ def train_vae(steps: int, max_minutes: float | None, seed: int, log: _Progress, 
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, betas=(0.9, 0.99), weight_decay=0.0)
-    warmup = min(100, max(1, steps // 10))
-    start, done, loss_avg = time.time(), 0, None
-    for step in range(min(steps, stop_after or steps)):
-        if max_minutes is not None and time.time() - start > 60 * max_minutes:
-            break
-        for g in opt.param_groups:
-            g["lr"] = 2e-3 * _lr_factor(step, steps, warmup)
+
+    def batches(step):
         images, _, _ = si.make_batch(batch, seed=seed * 1_000_003 + step)
-        x = si.as_tensor(images)
-        dist = vae.encode(x).latent_dist
-        rec = vae.decode(dist.sample()).sample
-        w = _pixel_weights(x)
-        d = rec - x
-        rec_loss = (w * (d.abs() + d.pow(2))).mean() / w.mean()
-        kl = 0.5 * (dist.mean.pow(2) + dist.var - 1.0 - dist.logvar).mean()
-        loss = rec_loss + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        done = step + 1
-        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-        log(f"vae step {done}/{steps} loss {loss_avg:.4f} (rec {rec_loss.item():.4f} kl {kl.item():.2f}) "
-            f"lr {opt.param_groups[0]['lr']:.2e}")
-    minutes = (time.time() - start) / 60
-    log(f"vae done: {done} steps in {minutes:.1f} min, loss {loss_avg:.4f}", force=True)
-    return vae.eval(), {"steps": done, "requested_steps": steps, "minutes": round(minutes, 2),
-                        "final_loss": loss_avg}
+        return si.as_tensor(images)
+
+    return fit_vae(vae, batches, steps, max_minutes, log, stop_after=stop_after)
 
 
 @torch.no_grad()

@@ -154,8 +154,8 @@ def build_text_encoder(vocab_size: int):
 
 
 def _pixel_weights(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, T, H, W) in [-1, 1] -> (B, 1, T, H, W): 1 + 12 x distance from the background colour."""
-    bg = torch.tensor(synthetic.BACKGROUND, dtype=x.dtype).mul(2).sub(1).view(1, 3, 1, 1, 1)
+    """(B, 3, ...) in [-1, 1] -> (B, 1, ...): 1 + 12 x distance from the background colour (images or clips)."""
+    bg = torch.tensor(synthetic.BACKGROUND, dtype=x.dtype).mul(2).sub(1).view(1, 3, *([1] * (x.dim() - 2)))
     return 1.0 + 12.0 * (x - bg).norm(dim=1, keepdim=True) / (2.0 * math.sqrt(3.0))
 
 
@@ -185,21 +185,18 @@ def evaluate_vae(vae, n: int = 64, seed: int = 10_000) -> dict:
     return {"psnr": 10 * math.log10(1.0 / max(mse, 1e-12)), "colour": colour / n, "direction": direction / n}
 
 
-def train_vae(steps: int, max_minutes: float | None, seed: int, log: _Progress):
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(**VAE_CONFIG).train()
+def fit_vae(vae, batches, steps: int, max_minutes: float | None, log: _Progress, stop_after: int | None = None):
+    """Train ``vae`` on ``batches(step)`` (tensors in [-1, 1]): AdamW 2e-3 with warm-up and cosine decay over
+    ``steps``, loss = pixel-weighted L1 + MSE + 1e-4 x KL. Stops after ``stop_after`` steps or ``max_minutes``."""
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, betas=(0.9, 0.99), weight_decay=0.0)
     warmup = min(100, max(1, steps // 10))
     start, done, loss_avg = time.time(), 0, None
-    for step in range(steps):
+    for step in range(min(steps, stop_after or steps)):
         if max_minutes is not None and time.time() - start > 60 * max_minutes:
             break
         for g in opt.param_groups:
             g["lr"] = 2e-3 * _lr_factor(step, steps, warmup)
-        clips, _, _ = synthetic.make_batch(8, seed=seed * 1_000_003 + step, num_frames=VAE_TRAIN_FRAMES)
-        x = synthetic.as_tensor(clips)
+        x = batches(step)
         dist = vae.encode(x).latent_dist
         rec = vae.decode(dist.sample()).sample
         w = _pixel_weights(x)
@@ -218,6 +215,19 @@ def train_vae(steps: int, max_minutes: float | None, seed: int, log: _Progress):
     minutes = (time.time() - start) / 60
     log(f"vae done: {done} steps in {minutes:.1f} min, loss {loss_avg:.4f}", force=True)
     return vae.eval(), {"steps": done, "requested_steps": steps, "minutes": round(minutes, 2), "final_loss": loss_avg}
+
+
+def train_vae(steps: int, max_minutes: float | None, seed: int, log: _Progress):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(**VAE_CONFIG).train()
+
+    def batches(step):
+        clips, _, _ = synthetic.make_batch(8, seed=seed * 1_000_003 + step, num_frames=VAE_TRAIN_FRAMES)
+        return synthetic.as_tensor(clips)
+
+    return fit_vae(vae, batches, steps, max_minutes, log)
 
 
 @torch.no_grad()
