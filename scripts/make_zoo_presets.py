@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import dynaccel
+from dynaccel.core.files import atomic_write
 from dynaccel.hf_integration import bench, calibrate
 
 PRESETS = Path(dynaccel.__file__).parent / "core" / "presets"
@@ -68,7 +69,7 @@ def retime(pipe, model: str, strategies: list[str], seeds: list[int], call: dict
         measured["speedup"] = round(row.speedup, 3)
         doc["provenance"]["timing"] = {"repeats": 3, "date": time.strftime("%Y-%m-%d"), "machine": bench.machine(),
                                        "full_compute_s": round(rows[0].time_s, 4), "time_s": round(row.time_s, 4)}
-        calibrate.atomic_write(file, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n"))
+        atomic_write(file, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n"))
         print(f"{strategy}: {row.speedup:.2f}x -> {file.name}")
 
 
