@@ -19,9 +19,11 @@ Gradio's analytics are switched off (``GRADIO_ANALYTICS_ENABLED=False``) and the
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -311,6 +313,7 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
     presets = sorted(n for n, p in reg.presets.items()  # the ones made for this architecture (or any)
                      if p.strategy in strategies and p.architecture in (None, arch))
     work = Path(tempfile.mkdtemp(prefix="dynaccel-demo-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the generated media go when the demo stops
 
     def options_of(strategy: str, values: tuple) -> dict[str, Any]:
         return {name: v for (s, name), v in zip(keys, values) if s == strategy}
