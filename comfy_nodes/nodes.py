@@ -29,15 +29,17 @@ CATEGORY = "dynaccel"
 
 
 def _comfy_input(spec: InputSpec):
+    # optional: a workflow saved before an option existed still validates, and the option takes its default
+    common = dict(default=spec.default, tooltip=spec.tooltip, optional=True)
     if spec.kind == "float":
-        return io.Float.Input(spec.name, default=spec.default, min=spec.min, max=spec.max, step=spec.step, tooltip=spec.tooltip)
+        return io.Float.Input(spec.name, min=spec.min, max=spec.max, step=spec.step, **common)
     if spec.kind == "int":
-        return io.Int.Input(spec.name, default=spec.default, min=spec.min, max=spec.max, step=spec.step, tooltip=spec.tooltip)
+        return io.Int.Input(spec.name, min=spec.min, max=spec.max, step=spec.step, **common)
     if spec.kind == "bool":
-        return io.Boolean.Input(spec.name, default=spec.default, tooltip=spec.tooltip)
+        return io.Boolean.Input(spec.name, **common)
     if spec.kind == "combo":
-        return io.Combo.Input(spec.name, options=list(spec.options), default=spec.default, tooltip=spec.tooltip)
-    return io.String.Input(spec.name, default=spec.default, tooltip=spec.tooltip)
+        return io.Combo.Input(spec.name, options=list(spec.options), **common)
+    return io.String.Input(spec.name, **common)
 
 
 def cache_strategies() -> list[type]:

@@ -15,13 +15,11 @@ branch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 
 from ...core.config import option
 from . import kernels
-from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, RunState, all_below
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, all_below
 
 
 @dataclass(frozen=True)
@@ -40,28 +38,17 @@ class BWCacheConfig(CacheConfig):
 class _BWCachePolicy(CachePolicy):
     level = "per_block"
 
-    def __init__(self, config, adapter):
-        super().__init__(config, adapter)
-        self.reused_per_block: list[int] = []
-
-    def run_started(self, run: RunState) -> None:
-        self.reused_per_block = [0] * len(self.adapter.blocks())
-
     def block_reuse(self, p: Pass, i: int, hs: torch.Tensor) -> bool:
         st = p.branch.data.setdefault("bw", {}).get(i)
         if st is None or st["streak"] >= self.config.max_reuse:
             return False
         if all_below(kernels.rel_l1(hs, st["input"]), self.config.threshold):
             st["streak"] += 1
-            self.reused_per_block[i] += 1
             return True
         return False
 
     def block_computed(self, p: Pass, i: int, hs_in: torch.Tensor, residual: torch.Tensor) -> None:
         p.branch.data.setdefault("bw", {})[i] = {"input": hs_in, "streak": 0}
-
-    def extra_stats(self) -> dict[str, Any]:
-        return {"reused_per_block": list(self.reused_per_block)}
 
 
 class BWCache(CacheStrategy):

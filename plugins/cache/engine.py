@@ -6,6 +6,10 @@ engine hooks the model through diffusers' ``HookRegistry`` (instance-level, remo
 - a model-level hook tracks the generation (a new run when the pipeline's scheduler starts new timesteps, at a
   fresh ``step_index == 0``, or after ``handle.reset()``) and the CFG branch (the ``cache_context`` name diffusers
   pipelines set: ``cond``, ``uncond`` or ``cond_uncond`` for batched CFG). Every branch keeps its own state.
+  With two-pass CFG (``cfg_sync``, on by default) the branch that runs first at a step decides for the step: a
+  later branch measures as usual, then takes the first one's decision (per block for per-block policies), so the
+  guidance term never combines a freshly computed prediction with a reused one. A branch that cannot reuse (no
+  cache yet) computes.
 - block hooks (for block-level policies) let block 0 decide, make the remaining blocks pass their inputs through
   when the pass is skipped, and add the cached residual at the last block. The residual is taken over the blocks
   only, so the patch embedding, timestep embedding and output projection always run on the current input.
@@ -47,6 +51,11 @@ class CacheConfig(StrategyConfig):
     end: float = option(
         1.0, doc="fraction of the steps after which every step is computed", min=0.0, max=1.0, step=0.01
     )
+    cfg_sync: bool = option(
+        True,
+        doc="two-pass CFG: the second branch at a step (uncond) takes the first one's (cond) skip decision, so "
+        "guidance never mixes a fresh and a reused prediction; off: each branch decides alone",
+    )
 
     def validate(self) -> None:
         if self.start > self.end:
@@ -77,6 +86,9 @@ class RunState:
     num_steps: int | None
     branches: dict[str, BranchState] = field(default_factory=dict)
     finished: bool = False
+    #: cfg_sync: step (or (step, block)) -> (branch that decided first, its decision: reuse or not)
+    decisions: dict[Any, tuple[str, bool]] = field(default_factory=dict)
+    reused_per_block: list[int] = field(default_factory=list)  # per-block policies, all branches together
 
     def branch(self, name: str) -> BranchState:
         if name not in self.branches:
@@ -345,6 +357,7 @@ class CacheEngine:
             if self.policy.level == "model":
                 x = _hidden_states_arg(args, kwargs)
                 self.policy.begin(p, x)
+                self._sync(p)
                 if p.skip:
                     out = _replace_sample(b.data["last_output"], self.policy.model_skip_output(p, x))
                 else:
@@ -353,6 +366,7 @@ class CacheEngine:
                     self.policy.model_computed(p, x, _sample_of(out))
             else:
                 self.policy.begin(p, None)
+                self._sync(p)
                 out = orig(*args, **kwargs)
                 self.policy.pass_finished(p)
         finally:
@@ -377,6 +391,7 @@ class CacheEngine:
             p.anchor_hs, p.anchor_enc, p.input_hs = hs, enc, hs
             if p.skip is None:
                 self.policy.before_block0(p, spec, args, kwargs)
+                self._sync(p)
             if p.skip:
                 return spec.pack(*self._reuse(p, hs, enc)) if last else spec.pack(hs, enc)
             out = orig(*args, **kwargs)
@@ -384,6 +399,7 @@ class CacheEngine:
                 ohs, oenc = spec.outputs(out)
                 p.anchor_hs, p.anchor_enc = ohs, oenc
                 self.policy.after_block0(p, ohs, oenc)
+                self._sync(p)
                 if p.skip:
                     return spec.pack(*self._reuse(p, ohs, oenc)) if last else out
             if last:
@@ -396,6 +412,26 @@ class CacheEngine:
         if last:
             self._store(p, *spec.outputs(out))
         return out
+
+    def _follow(self, key: Any, branch: str, decision: bool, can_reuse: bool) -> bool:
+        """cfg_sync: the first branch to decide ``key`` records its decision; later branches take it (computing
+        when they cannot reuse). Returns the decision to apply."""
+        run = self.run
+        if not self.config.cfg_sync or run is None:
+            return decision
+        first = run.decisions.get(key)
+        if first is None or first[0] == branch:
+            run.decisions[key] = (branch, decision)
+            return decision
+        return first[1] and can_reuse
+
+    def _sync(self, p: Pass) -> None:
+        """Apply :meth:`_follow` to a pass-level decision (after the policy set ``p.skip``)."""
+        if p.skip is None:
+            return
+        data = p.branch.data
+        can = ("last_output" in data) if self.policy.level == "model" else ("res_hs" in data)
+        p.skip = self._follow(p.step, p.branch.name, bool(p.skip), can and not p.forced)
 
     def _store(self, p: Pass, hs: torch.Tensor, enc: torch.Tensor | None) -> None:
         data = p.branch.data
@@ -415,8 +451,15 @@ class CacheEngine:
         hs, enc = spec.inputs(args, kwargs)
         cache = p.branch.data.setdefault("blocks", {})
         cached = cache.get(i)
-        if cached is not None and cached[0].shape == hs.shape and not p.forced and self.policy.block_reuse(p, i, hs):
+        usable = cached is not None and cached[0].shape == hs.shape and not p.forced
+        reuse = self._follow((p.step, i), p.branch.name, usable and self.policy.block_reuse(p, i, hs), usable)
+        if reuse:
             p.branch.blocks_reused += 1
+            run = self.run
+            if run is not None:
+                if len(run.reused_per_block) < len(self.specs):
+                    run.reused_per_block.extend([0] * (len(self.specs) - len(run.reused_per_block)))
+                run.reused_per_block[i] += 1
             res_hs, res_enc = cached
             new_enc = kernels.residual_add(enc, res_enc) if enc is not None and res_enc is not None else enc
             return spec.pack(kernels.residual_add(hs, res_hs), new_enc)
@@ -443,7 +486,16 @@ class CacheEngine:
             "skipped": skipped,
             "pass_speedup": passes / computed if computed else None,
             "branches": {
-                name: {"computed": b.computed, "skipped": b.skipped, "skipped_steps": list(b.skipped_steps)}
+                name: {
+                    "computed": b.computed,
+                    "skipped": b.skipped,
+                    "skipped_steps": list(b.skipped_steps),
+                    **(
+                        {"blocks_computed": b.blocks_computed, "blocks_reused": b.blocks_reused}
+                        if self.policy.level == "per_block"
+                        else {}
+                    ),
+                }
                 for name, b in branches.items()
             },
             **(
@@ -452,6 +504,11 @@ class CacheEngine:
                     "blocks_reused": sum(b.blocks_reused for b in branches.values()),
                 }
                 if self.policy.level == "per_block"
+                else {}
+            ),
+            **(
+                {"reused_per_block": list(run.reused_per_block) or [0] * len(self.specs)}
+                if self.policy.level == "per_block" and run is not None
                 else {}
             ),
             **self.policy.extra_stats(),

@@ -65,17 +65,26 @@ class _TaylorSeerPolicy(CachePolicy):
             return
         if data.get("streak", 0) >= cfg.max_interval:
             return
-        k = float(p.step - data["last_step"])
-        forecast = derivs[0]
-        for j in range(1, cfg.order + 1):
-            forecast = forecast + derivs[j] * (k**j / math.factorial(j))
+        forecast = self._forecast(p)
         if all_below(kernels.rel_l1(forecast, derivs[0]), cfg.threshold):
-            data["forecast"] = forecast
             data["streak"] = data.get("streak", 0) + 1
             p.skip = True
 
+    def _forecast(self, p: Pass) -> torch.Tensor:
+        """The Taylor forecast of the residual at ``p.step`` from the derivatives known (memoized per step)."""
+        data = p.branch.data
+        if data.get("forecast_step") != p.step:
+            derivs = data["derivs"]
+            k = float(p.step - data["last_step"])
+            forecast = derivs[0]
+            for j in range(1, min(self.config.order, len(derivs) - 1) + 1):
+                forecast = forecast + derivs[j] * (k**j / math.factorial(j))
+            data["forecast"], data["forecast_step"] = forecast, p.step
+        return data["forecast"]
+
     def residuals(self, p: Pass):
-        return p.branch.data["forecast"], p.branch.data.get("res_enc")
+        # a CFG branch following another's decision (cfg_sync) may reuse at a step its own test did not pick
+        return self._forecast(p), p.branch.data.get("res_enc")
 
 
 class TaylorSeer(CacheStrategy):
