@@ -191,10 +191,13 @@ def test_pack_loads_without_import_errors_and_lists_a_node_per_cache_strategy(se
     reg = get_registry()
     for name in ("teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"):
         node = info[f"Dynaccel_{name}"]
-        required = node["input"]["required"]
+        required, optional = node["input"]["required"], node["input"].get("optional", {})
         assert required["model"][0] == "MODEL" and node["output"] == ["MODEL"]
+        # every option is an optional input (a workflow saved before an option existed still validates)
+        assert set(required) == {"model"}
+        assert set(optional) == {f.name for f in reg.strategy(name).Config.fields_info()}
         for f in reg.strategy(name).Config.fields_info():
-            kind, opts = required[f.name]
+            kind, opts = optional[f.name]
             assert opts["default"] == f.default and f.doc in opts["tooltip"]
             if f.min is not None and not f.choices:
                 assert (opts["min"], opts["max"]) == (f.min, f.max)
@@ -251,6 +254,19 @@ def test_out_of_range_input_is_refused_by_the_schema(server):
     assert result["http_error"] == 400
     errors = result["body"]["node_errors"]["3"]["errors"]
     assert errors[0]["type"] == "value_bigger_than_max" and errors[0]["details"] == "threshold"
+
+
+def test_a_workflow_saved_before_an_option_existed_still_runs(server):
+    """Option inputs are optional: a workflow from an older dynaccel (here without ``cfg_sync``, and with only
+    ``threshold`` set) validates, and the missing options take their defaults, as the Python API would."""
+    assert "cfg_sync" not in TEACACHE
+    _ok(server.queue(workflow("old-base")))
+    base, base_calls = server.record("old-base")
+    _ok(server.queue(workflow("old-zero", "teacache", {"threshold": 0.0})))
+    assert torch.equal(server.record("old-zero")[0], base)
+    result = _ok(server.queue(workflow("old-on", "teacache", {"threshold": 1.0})))
+    assert server.record("old-on")[1] < base_calls
+    assert "teacache: computed" in _stats_text(result)
 
 
 def test_batch_of_two_with_batched_cfg(server):
