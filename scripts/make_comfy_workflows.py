@@ -65,7 +65,7 @@ def ui(nodes: dict) -> dict:
 
 EXAMPLES = {
     # TeaCache with the published Wan2.1-T2V-1.3B coefficients (chosen by the adapter) at its recommended threshold
-    "wan21_t2v_teacache": wan_t2v("Dynaccel_teacache", [("threshold", 0.08), ("start", 0.0), ("end", 1.0), ("cfg_sync", True), ("mode", "normal"), ("retention_steps", 5), ("coefficients", "")]),
+    "wan21_t2v_teacache": wan_t2v("Dynaccel_teacache", [("threshold", 0.08), ("start", 0.0), ("end", 1.0), ("compute_last", True), ("cfg_sync", True), ("mode", "normal"), ("retention_steps", 5), ("coefficients", "")]),
     # the same through the preset node
     "wan21_t2v_preset": wan_t2v("Dynaccel_Preset", [("preset", "teacache-wan2.1-t2v-1.3b")]),
 }

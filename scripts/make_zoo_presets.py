@@ -2,6 +2,9 @@
 
     python scripts/make_zoo_presets.py --model tiny-wan --min-psnr 30
     python scripts/make_zoo_presets.py --model tiny-wan --retime     # re-measure the speedups only
+    python scripts/make_zoo_presets.py --model tiny-wan --last-step  # only the calibrator's last stage (below)
+    python scripts/make_zoo_presets.py --model tiny-wan --min-psnr 40 --suffix 40db --strategies magcache
+                                                                     # extra presets: cache-tiny-wan-magcache-40db.json
 
 Each preset records its provenance (machine, date, prompts, measured speed and quality); a strategy whose target
 is unreachable is reported and skipped. ``--retime`` times every existing preset of the model against full compute
@@ -12,6 +15,7 @@ skipped, which does not depend on the machine's load, but the speedup it records
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -32,7 +36,11 @@ def main() -> None:
     ap.add_argument("--strategies", default=",".join(s for s in dynaccel.list_strategies()
                                                       if dynaccel.strategy_info(s)["family"] == "cache"))
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--suffix", default="", help="name the presets <model>-<strategy>-<suffix> (extra quality targets)")
     ap.add_argument("--retime", action="store_true", help="only re-measure the speedups of the existing presets")
+    ap.add_argument("--last-step", action="store_true",
+                    help="only run the calibrator's last stage on the existing presets: try compute_last=False, keep "
+                    "it where the preset's target still holds (the threshold search does not depend on it)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = bench.resolve_model(args.model)
@@ -42,23 +50,61 @@ def main() -> None:
     if args.retime:
         retime(pipe, args.model, args.strategies.split(","), seeds, call)
         return
+    if args.last_step:
+        last_step(pipe, args.model, args.strategies.split(","), call)
+        return
     for strategy in args.strategies.split(","):
         try:
             result = calibrate.calibrate(pipe, args.model, strategy, bench.default_prompts(args.model)[:2],
                                          bench.default_prompts(args.model)[2:],
-                                         seeds, call, args.min_psnr, PRESETS, progress=False)
+                                         seeds, call, args.min_psnr, PRESETS, progress=False,
+                                         name=f"{args.model}-{strategy}" + (f"-{args.suffix}" if args.suffix else ""))
         except bench.BenchError as exc:
             print(f"{strategy}: skipped: {exc}")
             continue
-        written = calibrate.write_preset(result, PRESETS / f"cache-{args.model}-{strategy}.json")
+        written = calibrate.write_preset(result, PRESETS / f"cache-{result.preset.name}.json")
         m = result.preset.provenance["measured"]
         print(f"{strategy}: {result.chosen.label}: {m['speedup']:.2f}x at {m['psnr_db']:.2f} dB -> {written[-1].name}")
 
 
+def _model_presets(model: str, strategies: list[str]) -> dict[str, Path]:
+    files = {}
+    for f in sorted(PRESETS.glob(f"cache-{model}-*.json")):
+        doc = json.loads(f.read_text())
+        if doc.get("strategy") in strategies and doc.get("model_id") == model:
+            files[doc["name"]] = f
+    return files
+
+
+def last_step(pipe, model: str, strategies: list[str], call: dict) -> None:
+    for name, file in _model_presets(model, strategies).items():
+        doc = json.loads(file.read_text())
+        if "compute_last" in doc["config"]:
+            print(f"{name}: compute_last already set")
+            continue
+        prov = doc["provenance"]
+        setting = bench.parse_setting(f"preset:{name}")
+        free = dataclasses.replace(setting, config={**setting.config, "compute_last": False}, preset="")
+        _, kept_row, row = bench.run_bench(pipe, [setting, free], prov["heldout_prompts"], prov["seeds"], call,
+                                           repeats=1, progress=False)
+        if round(kept_row.psnr_db, 2) != prov["measured"]["psnr_db"]:
+            raise SystemExit(f"{name}: PSNR {kept_row.psnr_db:.2f} differs from the calibrated {prov['measured']['psnr_db']}")
+        if row.psnr_db >= prov["min_psnr_db"] and calibrate._work_skipped(row) > calibrate._work_skipped(kept_row):
+            doc["config"]["compute_last"] = False
+            prov["measured"] = {"speedup": round(row.speedup, 3), "psnr_db": round(row.psnr_db, 2),
+                                "psnr_min_db": round(row.psnr_min_db, 2), "ssim": round(row.ssim, 4),
+                                "computed": row.computed}
+            atomic_write(file, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n"))
+            print(f"{name}: compute_last=False: {row.computed} at {row.psnr_db:.2f} dB (was {kept_row.computed} at "
+                  f"{kept_row.psnr_db:.2f}) -> {file.name}")
+        else:
+            print(f"{name}: keeps the last step ({row.computed} at {row.psnr_db:.2f} dB without it)")
+
+
 def retime(pipe, model: str, strategies: list[str], seeds: list[int], call: dict) -> None:
-    files = {s: PRESETS / f"cache-{model}-{s}.json" for s in strategies}
-    files = {s: f for s, f in files.items() if f.exists()}
-    settings = [bench.parse_setting(f"preset:{model}-{s}") for s in files]
+    # every preset of the model (extra quality targets included) whose strategy is asked for, in one run
+    files = _model_presets(model, strategies)
+    settings = [bench.parse_setting(f"preset:{name}") for name in files]
     rows = bench.run_bench(pipe, settings, bench.default_prompts(model)[2:], seeds, call, repeats=3)
     print(bench.format_table(rows))
     for (strategy, file), row in zip(files.items(), rows[1:]):

@@ -51,6 +51,11 @@ class CacheConfig(StrategyConfig):
     end: float = option(
         1.0, doc="fraction of the steps after which every step is computed", min=0.0, max=1.0, step=0.01
     )
+    compute_last: bool = option(
+        True,
+        doc="always compute the last step (as TeaCache does); off: the last step may reuse like any other "
+        "(as diffusers' MagCache does)",
+    )
     cfg_sync: bool = option(
         True,
         doc="two-pass CFG: the second branch at a step (uncond) takes the first one's (cond) skip decision, so "
@@ -338,7 +343,7 @@ class CacheEngine:
                     "call handle.reset(num_steps=N) before each generation (pipelines report it themselves)"
                 )
             return False
-        if step >= n - 1:
+        if step >= n - 1 and self.config.compute_last:
             return True
         frac = step / n
         return frac < self.config.start or frac >= self.config.end

@@ -59,7 +59,14 @@ def test_the_search_covers_each_skip_cap_and_keeps_the_one_that_skips_most(folde
     tight = calibrate.calibrate(*args, thresholds=[0.3, 1.0], caps=[1], timing_repeats=1)
     both = calibrate.calibrate(*args, thresholds=[0.3, 1.0], caps=[1, 4], timing_repeats=1)
     tried = [r.label for r in both.rows[1:]]
-    assert tried == [f"taylorseer:max_interval={c},threshold={t}" for c in (1, 4) for t in (0.3, 1.0)]
+    search = [f"taylorseer:max_interval={c},threshold={t}" for c in (1, 4) for t in (0.3, 1.0)]
+    # the search, then the winner of the search once more with the last step free to reuse
+    assert tried[:4] == search and len(tried) == 5 and tried[4].endswith(",compute_last=False")
+    assert tried[4].split(",compute_last")[0] in search
+    last = both.rows[5]
+    if both.preset.config.get("compute_last") is False:  # kept only when it skips more and meets the target
+        assert last.stats["skipped"] > max(r.stats["skipped"] for r in both.rows[1:5] if r.label == tried[4].split(",compute_last")[0])
+        assert last.psnr_db >= 20.0
     assert both.rows[0].label == "full compute"
     skipped = lambda r: r.stats["skipped"]  # noqa: E731
     assert skipped(both.chosen) >= skipped(tight.chosen) and both.chosen.psnr_db >= 20.0

@@ -25,6 +25,8 @@ def test_every_cache_strategy_has_a_preset_that_reproduces_its_provenance(model)
     presets = get_registry().presets
     names = [f"{model}-{s}" for s in CACHE]
     assert [n for n in names if n not in presets] == []
+    # and the extra quality targets (e.g. tiny-wan-magcache-40db)
+    names += sorted(n for n, p in presets.items() if p.model_id == model and p.strategy in CACHE and n not in names)
     prov = {n: presets[n].provenance for n in names}
     first = next(iter(prov.values()))
     settings = [bench.parse_setting(f"preset:{n}") for n in names]
