@@ -10,6 +10,10 @@ from a forward pre-hook on the model, and runs the passes:
 - video query rows run :func:`.kernels.block_sparse_attention` once per pass, on the reordered tokens; the outputs
   of passes (disjoint per head) are added;
 - text padding (HunyuanVideo) becomes a per-sample key length: text follows the video in the reordered keys.
+- ``remainder="pooled"`` (every strategy): the key blocks a mask skips still enter each query row's softmax through
+  one pooled key each (mean key and value, weighted by the token count; see :mod:`.kernels`); the share of blocks
+  computed exactly (``mean_density``) is unchanged, ``mean_work`` adds the pooled rows (``1 / block_size`` of the
+  skipped part).
 
 When a policy says a call is dense (warm-up steps, a full mask, density 1), the processor calls the module's
 original processor before computing anything, so dense settings are bit-identical to the plain model.
