@@ -82,7 +82,9 @@ def check_correctness(device, backend):
                 mask[0, 0, 0] = False
                 kv_len = torch.tensor([s - 77, s], device=device)
                 for rem in kernels.REMAINDERS:
-                    got = kernels.block_sparse_attention(q, k, v, mask, bs, kv_len=kv_len, backend=backend, remainder=rem)
+                    got = kernels.block_sparse_attention(
+                        q, k, v, mask, bs, kv_len=kv_len, backend=backend, remainder=rem
+                    )
                     ref = kernels.block_sparse_attention_reference(q, k, v, mask, bs, kv_len=kv_len, remainder=rem)
                     err = (got.float() - ref.float()).abs().max().item()
                     rtol, atol = ATTN_TOL[dtype]
