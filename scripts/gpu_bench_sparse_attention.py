@@ -2,11 +2,12 @@
 
 In one run:
 1. correctness on the GPU: the Triton kernel against the float32 dense masked reference (float16, bfloat16,
-   float32; head dims 64 and 128; lengths that are not multiples of the block size; a text-padding key length);
+   float32; head dims 64 and 128; lengths that are not multiples of the block size; a text-padding key length),
+   with the refused key blocks dropped and pooled (``remainder="pooled"``);
 2. speed: the Triton kernel against dense ``scaled_dot_product_attention`` and against FlexAttention
    (``torch.compile``d, with a ``BlockMask`` built from the same block indices) at sequence lengths 8k-64k and
    block densities 5%-50% (every query block keeps the same number of key blocks, its own always among them);
-   the kernel's output is also compared with FlexAttention's at every point.
+   the kernel's output is also compared with FlexAttention's at every point; the pooled remainder is timed too.
 
 Prints a table and writes JSON. Timing: CUDA events, warm-up first, median of ``--repeats``.
 
@@ -80,13 +81,18 @@ def check_correctness(device, backend):
                 mask = random_block_mask(2, 4, nb, nb, 0.3, s, device)
                 mask[0, 0, 0] = False
                 kv_len = torch.tensor([s - 77, s], device=device)
-                got = kernels.block_sparse_attention(q, k, v, mask, bs, kv_len=kv_len, backend=backend)
-                ref = kernels.block_sparse_attention_reference(q, k, v, mask, bs, kv_len=kv_len)
-                err = (got.float() - ref.float()).abs().max().item()
-                rtol, atol = ATTN_TOL[dtype]
-                ok = torch.allclose(got.float(), ref.float(), rtol=rtol, atol=atol)
-                cases.append({"dtype": str(dtype), "head_dim": d, "seq": s, "block": bs, "max_abs_err": err, "ok": ok})
-                print(f"  check {str(dtype):15s} D={d:3d} S={s:5d} block={bs:3d}: max|err| {err:.2e} {'ok' if ok else 'FAIL'}")
+                for rem in kernels.REMAINDERS:
+                    got = kernels.block_sparse_attention(
+                        q, k, v, mask, bs, kv_len=kv_len, backend=backend, remainder=rem
+                    )
+                    ref = kernels.block_sparse_attention_reference(q, k, v, mask, bs, kv_len=kv_len, remainder=rem)
+                    err = (got.float() - ref.float()).abs().max().item()
+                    rtol, atol = ATTN_TOL[dtype]
+                    ok = torch.allclose(got.float(), ref.float(), rtol=rtol, atol=atol)
+                    cases.append({"dtype": str(dtype), "head_dim": d, "seq": s, "block": bs, "remainder": rem,
+                                  "max_abs_err": err, "ok": ok})
+                    print(f"  check {str(dtype):15s} D={d:3d} S={s:5d} block={bs:3d} {rem:6s}: max|err| {err:.2e} "
+                          f"{'ok' if ok else 'FAIL'}")
     return cases
 
 
@@ -167,7 +173,8 @@ def main(argv=None):
     checks = [] if args.skip_check else check_correctness(device, backend)
 
     rows = []
-    header = (f"{'seq':>6} {'density':>7} {'block':>5} {'dense ms':>9} {'ours ms':>8} {'prep ms':>8} {'flex ms':>8} "
+    header = (f"{'seq':>6} {'density':>7} {'block':>5} {'dense ms':>9} {'ours ms':>8} {'pooled':>8} {'prep ms':>8} "
+              f"{'flex ms':>8} "
               f"{'vs dense':>8} {'vs flex':>8} {'max|ours-flex|':>14}")
     print("\n" + header + "\n" + "-" * len(header))
     for s in seqs:
@@ -183,12 +190,16 @@ def main(argv=None):
                 index_ms = timed(lambda: kernels.block_index(mask), args.repeats, device)
                 ours = lambda: kernels.block_sparse_attention(q, k, v, prepared, bs, backend=backend)  # noqa: E731
                 ours_ms = timed(ours, args.repeats, device)
+                pooled_ms = timed(
+                    lambda: kernels.block_sparse_attention(q, k, v, prepared, bs, backend=backend, remainder="pooled"),
+                    args.repeats, device,
+                )
                 flex, why = flex_runner(q, k, v, mask, bs) if gpu else (None, "not timed on the CPU (needs compile)")
                 flex_ms = timed(flex, args.repeats, device) if flex else None
                 diff = (ours().float() - flex().float()).abs().max().item() if flex else None
                 row = {
                     "seq": s, "density": real_density, "block": bs, "dense_ms": dense_ms, "ours_ms": ours_ms,
-                    "index_prep_ms": index_ms,
+                    "index_prep_ms": index_ms, "pooled_ms": pooled_ms,
                     "flex_ms": flex_ms, "flex_note": why, "speedup_vs_dense": dense_ms / ours_ms,
                     "speedup_vs_flex": (flex_ms / ours_ms) if flex_ms else None, "max_abs_diff_vs_flex": diff,
                 }
@@ -196,7 +207,7 @@ def main(argv=None):
                 fx = f"{flex_ms:8.3f}" if flex_ms else f"{'-':>8}"
                 vf = f"{row['speedup_vs_flex']:7.2f}x" if flex_ms else f"{'-':>8}"
                 df = f"{diff:14.2e}" if diff is not None else f"{'-':>14}"
-                print(f"{s:6d} {real_density:7.3f} {bs:5d} {dense_ms:9.3f} {ours_ms:8.3f} {index_ms:8.3f} {fx} "
+                print(f"{s:6d} {real_density:7.3f} {bs:5d} {dense_ms:9.3f} {ours_ms:8.3f} {pooled_ms:8.3f} {index_ms:8.3f} {fx} "
                       f"{row['speedup_vs_dense']:7.2f}x {vf} {df}")
                 if why and flex is None and device == "cuda":
                     print(f"         flex: {why}")

@@ -10,6 +10,10 @@ from a forward pre-hook on the model, and runs the passes:
 - video query rows run :func:`.kernels.block_sparse_attention` once per pass, on the reordered tokens; the outputs
   of passes (disjoint per head) are added;
 - text padding (HunyuanVideo) becomes a per-sample key length: text follows the video in the reordered keys.
+- ``remainder="pooled"`` (every strategy): the key blocks a mask skips still enter each query row's softmax through
+  one pooled key each (mean key and value, weighted by the token count; see :mod:`.kernels`); the share of blocks
+  computed exactly (``mean_density``) is unchanged, ``mean_work`` adds the pooled rows (``1 / block_size`` of the
+  skipped part).
 
 When a policy says a call is dense (warm-up steps, a full mask, density 1), the processor calls the module's
 original processor before computing anything, so dense settings are bit-identical to the plain model.
@@ -50,6 +54,11 @@ class SparseAttentionConfig(StrategyConfig):
         "auto", doc="attention kernel: 'auto' (Triton on CUDA, else the torch path), 'triton' or 'torch'",
         choices=("auto", "triton", "torch"),
     )
+    remainder: str = option(
+        "drop", doc="key blocks the mask skips: 'drop' them, or 'pooled': each still adds its mean key and value "
+        "as one key row weighted by its token count (about 1/block_size of the skipped work)",
+        choices=kernels.REMAINDERS,
+    )
 
 
 @dataclass
@@ -74,6 +83,9 @@ class Pass:
     #: set for masks that repeat across calls (static patterns): the engine then keeps the mask's device copy and
     #: index lists under this key instead of rebuilding them every call
     cache_key: Any = None
+    #: (B or 1, H) bool: the heads this pass answers for (passes that split the heads between them); the pass's
+    #: output is zeroed elsewhere, which matters with ``remainder="pooled"`` (an all-refused row is not empty)
+    heads: torch.Tensor | None = None
 
 
 class SparsePolicy:
@@ -105,11 +117,15 @@ class SparsePolicy:
         return {}
 
 
+_MAX_RUNS = 1000
+
+
 @dataclass
 class _Stats:
     sparse_calls: int = 0
     dense_calls: int = 0
     density_sum: float = 0.0
+    pooled_sum: float = 0.0  # pooled key rows per call, as a share of the video key rows (remainder="pooled")
     steps: int = 0
     per_step_density: dict[int, list[float]] = field(default_factory=dict)
 
@@ -133,6 +149,8 @@ class SparseAttentionEngine:
         self._last_t: float | None = None
         self._fresh = True
         self.stats = _Stats()
+        #: (mean density, mean work) of each earlier generation since apply, oldest first (at most _MAX_RUNS)
+        self.past_runs: list[tuple[float, float]] = []
         self._prepared: dict[Any, kernels.BlockIndex] = {}
         params = list(inspect.signature(model.forward).parameters)
         self._timestep_pos = params.index("timestep") if "timestep" in params else None
@@ -176,6 +194,9 @@ class SparseAttentionEngine:
             self._fresh = False
             self._token = token
             self.step = 0
+            if self.stats.sparse_calls + self.stats.dense_calls:  # keep the finished generation's means
+                done = self._means(self.stats)
+                self.past_runs = (self.past_runs + [done])[-_MAX_RUNS:]
             self.stats = _Stats()
             self.policy.run_started()
             changed = True
@@ -234,6 +255,8 @@ class SparseAttentionEngine:
         out[:, :nv] = video
         self.stats.sparse_calls += 1
         self.stats.density_sum += density
+        if self.config.remainder == "pooled":  # one pooled key row per skipped block of block_size keys
+            self.stats.pooled_sum += (1.0 - density) / self.config.block_size
         self.stats.per_step_density.setdefault(self.step, []).append(density)
         if text_first:
             out = torch.cat([out[:, nv:], out[:, :nv]], dim=1)
@@ -261,16 +284,31 @@ class SparseAttentionEngine:
             mask = self._prepared[key]
         else:
             mask = p.block_mask.to(qv.device)
-        o = kernels.block_sparse_attention(qo, ko, vo, mask, p.plan.block_size, kv_len=kv_len, backend=self.config.backend)
+        o = kernels.block_sparse_attention(
+            qo, ko, vo, mask, p.plan.block_size, kv_len=kv_len, backend=self.config.backend,
+            remainder=self.config.remainder,
+        )
+        if p.heads is not None:
+            o = o * p.heads.to(device=o.device, dtype=o.dtype)[:, :, None, None]
         res = torch.empty_like(qv)
         res[:, order] = o.transpose(1, 2)
         return res
 
     # ---- stats ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _means(st: _Stats) -> tuple[float, float]:
+        """(mean density, mean work) of one generation's calls (dense calls count 1)."""
+        calls = st.sparse_calls + st.dense_calls
+        mean = (float(st.density_sum) + st.dense_calls) / calls
+        # attention work as a share of dense: exact blocks plus the pooled key rows of the skipped ones
+        work = (float(st.density_sum) + float(st.pooled_sum) + st.dense_calls) / calls
+        return mean, work
+
     def summary_stats(self) -> dict[str, Any]:
         st = self.stats
         calls = st.sparse_calls + st.dense_calls
-        mean = (float(st.density_sum) + st.dense_calls) / calls if calls else None
+        mean, work = self._means(st) if calls else (None, None)
+        runs = self.past_runs + ([(mean, work)] if calls else [])
         return {
             "strategy": self.strategy,
             "steps": st.steps,
@@ -279,6 +317,12 @@ class SparseAttentionEngine:
             "dense_calls": st.dense_calls,
             "mean_density": mean,
             "attention_sparsity": None if mean is None else 1.0 - mean,
+            "remainder": self.config.remainder,
+            "mean_work": work,
+            # one entry per generation since apply (this one last; at most the last 1000): budgets that adapt
+            # to the trajectory (pasa) give each prompt its own density
+            "density_per_run": [r[0] for r in runs],
+            "work_per_run": [r[1] for r in runs],
             "density_per_step": {s: float(sum(v)) / len(v) for s, v in sorted(st.per_step_density.items())},
             **self.policy.extra_stats(),
         }

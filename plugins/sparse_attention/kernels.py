@@ -16,6 +16,14 @@ attend to; every token of an allowed block is attended, every token of a refused
 - :func:`block_sparse_attention_reference`: dense attention with the block mask expanded to tokens, in float32.
   Slow (quadratic memory); the tests' ground truth.
 
+Skipped key blocks (``remainder``): ``"drop"`` (default) leaves them out. ``"pooled"`` lets each refused key block
+``b`` still contribute through one representative key, its mean key ``k̄_b`` and mean value ``v̄_b`` over its
+``n_b`` valid tokens, with the logit ``q · k̄_b * scale + log(n_b)``, in the same softmax as the exact keys (the
+coarse/fine split of two-stage sparse attention, e.g. Video Sparse Attention, arXiv 2505.13389). It approximates
+``sum_{t in b} exp(q · k_t * scale) v_t`` by ``n_b exp(q · k̄_b * scale) v̄_b``; the cost is one key row per refused
+block (``1 / block_size`` of the refused part), so the share of blocks computed exactly is unchanged. With nothing
+refused it is exactly the ``"drop"`` result.
+
 Layout: ``q`` is ``(B, H, Sq, D)``, ``k`` and ``v`` are ``(B, H, Sk, D)``; any strides (e.g. a ``(B, S, H, D)``
 tensor transposed) are accepted. The output is ``(B, H, Sq, D)`` in ``q``'s dtype.
 """
@@ -46,12 +54,16 @@ __all__ = [
     "block_sparse_attention_reference",
     "block_mask_to_indices",
     "expand_block_mask",
+    "pooled_key_blocks",
+    "REMAINDERS",
 ]
 
 #: launch settings of the Triton kernel per head dim (module constants so the GPU script can sweep them)
 NUM_WARPS = {64: 4, 128: 8}
 NUM_STAGES = 2
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
+#: what happens to the key blocks a mask refuses (see the module docstring)
+REMAINDERS = ("drop", "pooled")
 #: the torch path processes this many (query block x allowed key) score elements at once, at most
 _GATHER_CHUNK_ELEMS = 1 << 24
 
@@ -59,8 +71,10 @@ _GATHER_CHUNK_ELEMS = 1 << 24
 # ------------------------------------------------------------------------------------------------------ checks
 
 
-def _check(q, k, v, block_mask, block_size, kv_len):
+def _check(q, k, v, block_mask, block_size, kv_len, remainder="drop"):
     name = "block_sparse_attention"
+    if remainder not in REMAINDERS:
+        raise ValueError(f"{name}: remainder={remainder!r}; accepted: {', '.join(map(repr, REMAINDERS))}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"{name}: q, k, v must be 4-D (B, H, S, D); got {q.dim()}, {k.dim()}, {v.dim()} dims")
     if k.shape != v.shape:
@@ -131,6 +145,28 @@ def _split(block_mask):
     return block_mask, None, None
 
 
+def pooled_key_blocks(
+    k: torch.Tensor, v: torch.Tensor, block_size: int, kv_len: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One representative per key block: the mean key and mean value over the block's valid tokens (float32,
+    ``(B, H, nK, D)``) and ``log(n_b)`` (float32, ``(B, nK)``; ``-inf`` for a block with no valid token). Tokens at
+    positions ``>= kv_len[b]`` do not count."""
+    b, h, sk, d = k.shape
+    nk = -(-sk // block_size)
+    pad = nk * block_size - sk
+    limit = torch.full((b,), sk, device=k.device, dtype=torch.long) if kv_len is None else kv_len.to(k.device).long()
+    valid = torch.arange(nk * block_size, device=k.device)[None, :] < limit.clamp(max=sk)[:, None]  # (B, nK*bs)
+    w = valid.float().reshape(b, 1, nk, block_size, 1)
+
+    def block_sum(x):
+        x = torch.nn.functional.pad(x.float(), (0, 0, 0, pad))
+        return (x.reshape(b, h, nk, block_size, d) * w).sum(3)
+
+    n = valid.reshape(b, nk, block_size).sum(-1).float()  # (B, nK)
+    denom = n.clamp(min=1.0)[:, None, :, None]
+    return block_sum(k) / denom, block_sum(v) / denom, torch.log(n)
+
+
 # -------------------------------------------------------------------------------------------------- reference
 
 
@@ -142,11 +178,15 @@ def block_sparse_attention_reference(
     block_size: int,
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
+    remainder: str = "drop",
 ) -> torch.Tensor:
-    """Dense attention in float32 with the block mask expanded to tokens; rows with no allowed key give zeros."""
+    """Dense attention in float32 with the block mask expanded to tokens; rows with no allowed key give zeros.
+    ``remainder="pooled"``: every refused key block with a valid token adds its pooled key (see the module
+    docstring) to the softmax of the rows of the query blocks that refuse it."""
     block_mask = _split(block_mask)[0]
-    _check(q, k, v, block_mask, block_size, kv_len)
-    sq, sk, d = q.shape[2], k.shape[2], q.shape[3]
+    _check(q, k, v, block_mask, block_size, kv_len, remainder)
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     mask = expand_block_mask(block_mask, block_size, sq, sk)
     if kv_len is not None:
@@ -154,8 +194,16 @@ def block_sparse_attention_reference(
         mask = mask & keep[:, None, None, :]
     scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
     scores = scores.masked_fill(~mask, float("-inf"))
+    values = v.float().expand(b, h, sk, d)
+    if remainder == "pooled":  # the pooled keys as extra key columns, biased by log(n_b)
+        kp, vp, logn = pooled_key_blocks(k, v, block_size, kv_len)
+        pooled = torch.einsum("bhqd,bhkd->bhqk", q.float(), kp) * scale + logn[:, None, None, :]
+        refused = ~block_mask.to(q.device).repeat_interleave(block_size, dim=-2)[..., :sq, :]  # (B', H', Sq, nK)
+        pooled = pooled.masked_fill(~refused, float("-inf"))
+        scores = torch.cat([scores.expand(b, h, sq, sk), pooled], dim=-1)
+        values = torch.cat([values, vp], dim=2)
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked rows: softmax of -inf is nan -> 0
-    return torch.einsum("bhqk,bhkd->bhqd", probs, v.float()).to(q.dtype)
+    return torch.einsum("bhqk,bhkd->bhqd", probs, values).to(q.dtype)
 
 
 # ------------------------------------------------------------------------------------------------- torch path
@@ -169,17 +217,19 @@ def block_sparse_attention_torch(
     block_size: int,
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
+    remainder: str = "drop",
 ) -> torch.Tensor:
-    """Gathered block-sparse attention: per query block, one softmax over its allowed key blocks only."""
+    """Gathered block-sparse attention: per query block, one softmax over its allowed key blocks only (and, with
+    ``remainder="pooled"``, the pooled keys of the refused ones)."""
     block_mask, pre_idx, pre_cnt = _split(block_mask)
-    _check(q, k, v, block_mask, block_size, kv_len)
+    _check(q, k, v, block_mask, block_size, kv_len, remainder)
     b, h, sq, d = q.shape
     sk = k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     bs = block_size
     nq, nk = -(-sq // bs), -(-sk // bs)
     bm = block_mask.to(q.device).expand(b, h, nq, nk)
-    if bool(bm.all()):  # full density: plain SDPA (with the padding mask when there is one)
+    if bool(bm.all()):  # full density: plain SDPA (with the padding mask when there is one); nothing to pool
         attn_mask = None
         if kv_len is not None:
             attn_mask = (torch.arange(sk, device=q.device)[None, :] < kv_len[:, None].to(q.device))[:, None, None, :]
@@ -190,14 +240,16 @@ def block_sparse_attention_torch(
             out = out.masked_fill((kv_len.to(q.device) == 0)[:, None, None, None], 0.0)
         return out.to(q.dtype)
 
+    pooled = remainder == "pooled"
     if pre_idx is not None and pre_idx.device == q.device:
         idx, cnt = pre_idx.expand(b, h, nq, nk), pre_cnt.expand(b, h, nq)
     else:
         idx, cnt = block_mask_to_indices(bm)
     maxk = int(cnt.max()) if cnt.numel() else 0
     out = torch.zeros(b, h, nq * bs, d, device=q.device, dtype=torch.float32)
-    if maxk == 0:
+    if maxk == 0 and not pooled:
         return out[:, :, :sq].to(q.dtype)
+    maxk = max(maxk, 1)  # pooled with no exact block anywhere: one gathered slot, all of it masked
     idx = idx[..., :maxk].long().reshape(b * h, nq, maxk)
     slot_ok = (torch.arange(maxk, device=q.device) < cnt.reshape(b * h, nq, 1))  # (BH, nQ, maxk)
 
@@ -208,11 +260,16 @@ def block_sparse_attention_torch(
         return x.reshape(b * h, n, bs, d)
 
     qb, kb, vb = pad_blocks(q, nq), pad_blocks(k, nk), pad_blocks(v, nk)
+    if pooled:
+        kp, vp, logn = pooled_key_blocks(k, v, bs, kv_len)
+        kp, vp = kp.reshape(b * h, 1, nk, d), vp.reshape(b * h, 1, nk, d)
+        # per (BH, query block, key block): the pooled key's bias, -inf where it is not used
+        bias = logn.repeat_interleave(h, dim=0)[:, None, :].masked_fill(bm.reshape(b * h, nq, nk), float("-inf"))
     tok = torch.arange(nk * bs, device=q.device).reshape(nk, bs)
     limit = torch.full((b,), sk, device=q.device, dtype=torch.long) if kv_len is None else kv_len.to(q.device).long()
     limit = limit.clamp(max=sk).repeat_interleave(h)  # (BH,)
     rows = torch.arange(b * h, device=q.device)[:, None, None]
-    chunk = max(1, _GATHER_CHUNK_ELEMS // (maxk * bs * bs * max(1, b * h)))
+    chunk = max(1, _GATHER_CHUNK_ELEMS // ((maxk * bs + (nk if pooled else 0)) * bs * max(1, b * h)))
     for s in range(0, nq, chunk):
         e = min(nq, s + chunk)
         sel = idx[:, s:e]  # (BH, c, maxk)
@@ -221,8 +278,13 @@ def block_sparse_attention_torch(
         ok = slot_ok[:, s:e, :, None] & (tok[sel] < limit[:, None, None, None])  # (BH, c, maxk, bs)
         scores = torch.matmul(qb[:, s:e], kg.transpose(-1, -2)) * scale  # (BH, c, bs, maxk*bs)
         scores = scores.masked_fill(~ok.reshape(b * h, e - s, 1, maxk * bs), float("-inf"))
-        probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-        out.view(b * h, nq, bs, d)[:, s:e] = torch.matmul(probs, vg)
+        if pooled:  # the refused blocks' pooled keys as nK extra columns
+            ps = torch.matmul(qb[:, s:e], kp.transpose(-1, -2)) * scale + bias[:, s:e, None, :]
+            probs = torch.softmax(torch.cat([scores, ps], dim=-1), dim=-1).nan_to_num(0.0)
+            o = torch.matmul(probs[..., : maxk * bs], vg) + torch.matmul(probs[..., maxk * bs:], vp)
+        else:
+            o = torch.matmul(torch.softmax(scores, dim=-1).nan_to_num(0.0), vg)
+        out.view(b * h, nq, bs, d)[:, s:e] = o
     return out[:, :, :sq].to(q.dtype)
 
 
@@ -233,16 +295,17 @@ if triton is not None:
     # interpreter or the GPU compiler from TRITON_INTERPRET when it runs.
 
     def _bsa_fwd_kernel(
-        Q, K, V, O, IDX, CNT, KVLEN,
+        Q, K, V, O, IDX, CNT, KVLEN, KP, VP, LOGN, BM,
         sqb, sqh, sqs, sqd,
         skb, skh, sks, skd,
         svb, svh, svs, svd,
         sob, soh, sos, sod,
         sib, sih, siq,
         scb, sch,
-        H, SQ, SK, D, qk_scale,
+        smb, smh, smq,
+        H, SQ, SK, D, NK, qk_scale,
         BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, HAS_KVLEN: tl.constexpr, PREC: tl.constexpr,
-        UPCAST: tl.constexpr,
+        UPCAST: tl.constexpr, POOLED: tl.constexpr,
     ):
         # program (query block, batch*head): online softmax over the allowed key blocks of this query block
         qblk = tl.program_id(0)
@@ -290,6 +353,36 @@ if triton is not None:
                 vv = vv.to(tl.float32)
             acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
             m_i = m_new
+        if POOLED:
+            # the refused key blocks, one pooled key row each (contiguous (B, H, NK, D) in Q's dtype), biased by
+            # log2(n_b) (LOGN: (B, NK) float32, -inf for an empty block), in the same online softmax
+            for j in range(0, NK, BLOCK):
+                offs_p = j + offs_n
+                p_in = offs_p < NK
+                refused = tl.load(BM + b * smb + h * smh + qblk * smq + offs_p, mask=p_in, other=1) == 0
+                bias = tl.load(LOGN + b * NK + offs_p, mask=p_in, other=float("-inf"))
+                use = refused & p_in & (bias > float("-inf"))
+                kpt = tl.load(
+                    KP + (bh * NK + offs_p[None, :]) * D + offs_d[:, None], mask=p_in[None, :] & d_ok[:, None],
+                    other=0.0,
+                )
+                if UPCAST:
+                    kpt = kpt.to(tl.float32)
+                s = tl.dot(q, kpt, input_precision=PREC) * qk_scale + bias[None, :]
+                s = tl.where(use[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp2(m_i - m_use)
+                p = tl.exp2(s - m_use[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                vp = tl.load(
+                    VP + (bh * NK + offs_p[:, None]) * D + offs_d[None, :], mask=p_in[:, None] & d_ok[None, :],
+                    other=0.0,
+                )
+                if UPCAST:
+                    vp = vp.to(tl.float32)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vp.dtype), vp, input_precision=PREC)
+                m_i = m_new
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         out = acc / l_safe[:, None]
         o_ptrs = O + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :] * sod
@@ -308,12 +401,13 @@ def block_sparse_attention_triton(
     block_size: int,
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
+    remainder: str = "drop",
 ) -> torch.Tensor:
     """The Triton forward kernel (see the module docstring); raises when Triton is unavailable."""
     if triton is None:
         raise KernelBackendError("block_sparse_attention: triton does not import")
     block_mask, idx, cnt = _split(block_mask)
-    _check(q, k, v, block_mask, block_size, kv_len)
+    _check(q, k, v, block_mask, block_size, kv_len, remainder)
     b, h, sq, d = q.shape
     sk = k.shape[2]
     if d > 256:
@@ -330,17 +424,30 @@ def block_sparse_attention_triton(
     scb, sch = (cnt.stride(0) if bb > 1 else 0), (cnt.stride(1) if hh > 1 else 0)
     out = torch.empty(b, h, sq, d, device=q.device, dtype=q.dtype)
     kvlen = kv_len.to(device=q.device, dtype=torch.int32).contiguous() if kv_len is not None else cnt
+    nk = -(-sk // block_size)
+    pooled = remainder == "pooled"
+    if pooled:  # pooled keys/values in the input dtype (the kernel's tl.dot operands), bias in log2 units
+        kp, vp, logn = pooled_key_blocks(k, v, block_size, kv_len)
+        kp, vp = kp.to(q.dtype).contiguous(), vp.to(q.dtype).contiguous()
+        logn = (logn * 1.4426950408889634).contiguous()
+        bm = block_mask.to(device=q.device, dtype=torch.int8).contiguous()
+        smb, smh, smq = (bm.stride(0) if bb > 1 else 0), (bm.stride(1) if hh > 1 else 0), bm.stride(2)
+    else:  # unused by the compiled kernel (POOLED=False): any tensors
+        kp = vp = q
+        logn = bm = cnt
+        smb = smh = smq = 0
     block_d = max(16, triton.next_power_of_2(d))
     from ...kernels.dispatch import interpreter_enabled
 
     kernel = _kernel(interpreter_enabled())
     kernel[(nq, b * h)](
-        q, k, v, out, idx, cnt, kvlen,
+        q, k, v, out, idx, cnt, kvlen, kp, vp, logn, bm,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         sib, sih, idx.stride(2),
         scb, sch,
-        h, sq, sk, d, scale * 1.4426950408889634,
-        BLOCK=block_size, BLOCK_D=block_d, HAS_KVLEN=kv_len is not None,
+        smb, smh, smq,
+        h, sq, sk, d, nk, scale * 1.4426950408889634,
+        BLOCK=block_size, BLOCK_D=block_d, HAS_KVLEN=kv_len is not None, POOLED=pooled,
         PREC="ieee" if q.dtype == torch.float32 else "tf32",
         # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (triton 3.9: garbage); there the bfloat16 tiles
         # are widened to float32 after loading. Compiled GPU kernels always take the native path.
@@ -360,19 +467,23 @@ def block_sparse_attention(
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
     backend: str = "auto",
+    remainder: str = "drop",
 ) -> torch.Tensor:
     """Block-sparse attention ``softmax(q k^T * scale + mask) v`` visiting only the allowed key blocks.
 
     ``block_mask``: a bool tensor, or a :class:`BlockIndex` prepared once with :func:`block_index` for masks used
-    many times (the conversion to index lists is then not repeated).
+    many times (the conversion to index lists is then not repeated). ``remainder``: ``"drop"`` leaves the refused
+    key blocks out, ``"pooled"`` adds each through its mean key and value (see the module docstring).
 
     Example::
 
         q = k = v = torch.randn(1, 2, 1000, 64)
         mask = torch.rand(1, 2, 16, 16) < 0.2        # ceil(1000 / 64) = 16 blocks each way
         out = block_sparse_attention(q, k, v, mask, 64)   # (1, 2, 1000, 64)
+        approx = block_sparse_attention(q, k, v, mask, 64, remainder="pooled")  # refused blocks pooled, not dropped
     """
     return dispatch(
         block_sparse_attention_triton, block_sparse_attention_torch, q, k, v,
         backend=backend, block_mask=block_mask, block_size=block_size, kv_len=kv_len, scale=scale,
+        remainder=remainder,
     )

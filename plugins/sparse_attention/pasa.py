@@ -17,6 +17,10 @@ Three ideas, as implemented here:
 - *Stochastic selection bias.* Gumbel noise of scale ``noise`` (seeded by ``seed``, the step and the layer) is added
   to the pooled log-scores before ranking, softening the selection boundary between steps.
 
+With ``remainder="pooled"`` (an option of every sparse strategy) the key blocks a query block does not keep still
+count through their mean key and value, which suits the diffuse attention of small models (tiny-wan: see
+docs/benchmarks.md).
+
 Dense setting: ``density=1`` (then ``max_density`` is 1 too), or ``dense_steps`` >= the step count.
 """
 

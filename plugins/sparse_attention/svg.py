@@ -62,7 +62,7 @@ class _SVGPolicy(SparsePolicy):
         for plan, chosen in ((sp, spatial), (tp, ~spatial)):
             if bool(chosen.any()):
                 bm = plan.block_mask[None].to(chosen.device) & chosen[:, :, None, None]
-                out.append(Pass(plan, bm))
+                out.append(Pass(plan, bm, heads=chosen))
         return out
 
     def classify(self, call: CallInfo, sp, tp) -> torch.Tensor:

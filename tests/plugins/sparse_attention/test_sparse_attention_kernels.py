@@ -150,6 +150,111 @@ def test_indices_are_ascending_and_left_packed():
     assert idx[0, 0, 0, :2].tolist() == [0, 2] and idx[0, 0, 2, :3].tolist() == [1, 2, 3]
 
 
+# ---- remainder="pooled": refused key blocks enter the softmax through their mean key and value
+
+
+def _pooled_by_hand(q, k, v, mask, bs, kv_len):
+    """The pooled remainder written out row by row (float64): exact keys of the allowed blocks, plus per refused
+    block with n valid tokens one key mean(k) with logit q.mean(k)*scale + log(n) and value mean(v)."""
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
+    out = torch.zeros(b, h, sq, d, dtype=torch.float64)
+    for bi in range(b):
+        limit = int(kv_len[bi]) if kv_len is not None else sk
+        for hi in range(h):
+            m = mask[min(bi, mask.shape[0] - 1), min(hi, mask.shape[1] - 1)]
+            for i in range(sq):
+                logits, values = [], []
+                for kb in range(m.shape[1]):
+                    toks = [t for t in range(kb * bs, min(sk, (kb + 1) * bs)) if t < limit]
+                    if not toks:
+                        continue
+                    kk, vv = k[bi, hi, toks].double(), v[bi, hi, toks].double()
+                    qq = q[bi, hi, i].double()
+                    if m[i // bs, kb]:
+                        logits += (kk @ qq / d**0.5).tolist()
+                        values += list(vv)
+                    else:
+                        logits.append(float(kk.mean(0) @ qq / d**0.5 + torch.log(torch.tensor(len(toks))).double()))
+                        values.append(vv.mean(0))
+                if logits:
+                    p = torch.softmax(torch.tensor(logits, dtype=torch.float64), 0)
+                    out[bi, hi, i] = (p[:, None] * torch.stack(values)).sum(0)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 50, 50, 32, 16), (2, 1, 37, 45, 16, 16)], ids=_id)
+def test_pooled_reference_matches_the_definition_written_out(shape):
+    q, k, v = _inputs(shape, torch.float32, "pooled-def")
+    mask = _mask(shape, 0.4, _seed("pooled-def-mask", shape))
+    kv_len = torch.tensor([shape[3] - 5] + [shape[3]] * (shape[0] - 1))  # a partly padded last block
+    got = kernels.block_sparse_attention_reference(q, k, v, mask, shape[5], kv_len=kv_len, remainder="pooled")
+    torch.testing.assert_close(got.double(), _pooled_by_hand(q, k, v, mask, shape[5], kv_len), rtol=1e-5, atol=1e-5)
+
+
+POOLED_CASES = [pytest.param(s, dt, id=f"{_id(s)}-{n}") for s in SHAPES for n, dt in DTYPES.items()]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize(("shape", "dtype"), POOLED_CASES)
+def test_pooled_remainder_matches_the_reference(backend, shape, dtype):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    q, k, v = _inputs(shape, dtype, "pooled")
+    mask = _mask(shape, 0.35, _seed("pooled-mask", shape, dtype))
+    mask[0, 0, 0] = False  # a query block with no exact key block: only pooled keys
+    kv_len = torch.tensor([shape[3] - 3] + [shape[3]] * (shape[0] - 1))
+    got = kernels.block_sparse_attention(q, k, v, mask, shape[5], kv_len=kv_len, backend=backend, remainder="pooled")
+    ref = kernels.block_sparse_attention_reference(q, k, v, mask, shape[5], kv_len=kv_len, remainder="pooled")
+    dropped = kernels.block_sparse_attention_reference(q, k, v, mask, shape[5], kv_len=kv_len)
+    assert got.dtype == dtype and got.shape == q.shape
+    torch.testing.assert_close(got.float(), ref.float(), **ATTN_TOL[dtype])
+    assert torch.count_nonzero(got[0, 0, : shape[5]]) > 0  # the empty row is filled by the pooled keys
+    assert (ref.float() - dropped.float()).abs().max() > 0.1  # and the pooled path is not the dropping one
+
+
+@pytest.mark.usefixtures("needs_triton")
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_pooled_remainder_with_nothing_refused_is_dense_attention(backend):
+    shape = (1, 2, 45, 45, 64, 16)
+    q, k, v = _inputs(shape, torch.float32, "pooled-full")
+    full = torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    got = kernels.block_sparse_attention(q, k, v, full, 16, backend=backend, remainder="pooled")
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(got, dense, **ATTN_TOL[torch.float32])
+    drop = kernels.block_sparse_attention(q, k, v, full, 16, backend=backend)
+    assert torch.equal(got, drop)
+
+
+@pytest.mark.usefixtures("needs_triton")
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_pooled_keys_are_exact_when_a_block_repeats_one_key(backend):
+    # every token of a block has the same key: n exp(q.k) v_mean is then exactly that block's contribution, so any
+    # mask with the pooled remainder gives dense attention
+    shape = (1, 2, 64, 64, 32, 16)
+    q, _, v = _inputs(shape, torch.float32, "pooled-const")
+    k = random_tensor((1, 2, 4, 32), torch.float32, 5).repeat_interleave(16, dim=2)
+    mask = _mask(shape, 0.3, 9)
+    got = kernels.block_sparse_attention(q, k, v, mask, 16, backend=backend, remainder="pooled")
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(got, dense, **ATTN_TOL[torch.float32])
+    assert not torch.allclose(kernels.block_sparse_attention(q, k, v, mask, 16, backend=backend), dense, atol=1e-3)
+
+
+def test_pooled_key_blocks_ignore_padding():
+    k = torch.arange(40, dtype=torch.float32).reshape(1, 1, 40, 1).expand(2, 1, 40, 1)
+    kp, vp, logn = kernels.pooled_key_blocks(k, k, 16, torch.tensor([40, 20]))
+    assert logn[0].exp().round().tolist() == [16, 16, 8] and logn[1].exp().round().tolist()[:2] == [16, 4]
+    assert logn[1, 2] == float("-inf")  # nothing valid in the last block of sample 1
+    assert kp[0, 0, :, 0].tolist() == [7.5, 23.5, 35.5] and kp[1, 0, 1, 0] == 17.5 and torch.equal(kp, vp)
+
+
+def test_unknown_remainder_is_refused_with_what_is_accepted():
+    q = torch.randn(1, 1, 32, 16)
+    with pytest.raises(ValueError, match=r"remainder='mean'; accepted: 'drop', 'pooled'"):
+        kernels.block_sparse_attention(q, q, q, torch.ones(1, 1, 2, 2, dtype=torch.bool), 16, remainder="mean")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])

@@ -288,3 +288,83 @@ def test_pasa_head_allocation_spends_the_budget_unevenly_across_rows(arch_of, mo
     seen.clear()
     a.run()
     assert all((m[..., :12].sum(-1) == 3).all() for m in seen)  # ceil(0.25 * 12) = 3 per row
+
+
+# ---- remainder="pooled": skipped key blocks still contribute through their mean key and value
+
+POOLED_CASES = [pytest.param(a, s, id=f"{a}-{s}") for a in ARCHS for s in ("sliding_tile", "pasa")]
+
+
+@pytest.mark.parametrize("arch,strategy", POOLED_CASES)
+def test_pooled_remainder_keeps_the_sparsity_and_moves_towards_dense(arch_of, arch, strategy):
+    a = arch_of(arch)
+    drop = enable(a, strategy, **SPARSE[strategy])
+    out_drop = a.run()
+    s_drop = drop.stats
+    pooled = enable(a, strategy, remainder="pooled", **SPARSE[strategy])
+    out_pooled = a.run()
+    s = pooled.stats
+    assert s["remainder"] == "pooled" and s["sparse_calls"] == s_drop["sparse_calls"] > 0
+    assert s["mean_density"] == pytest.approx(s_drop["mean_density"])  # the same blocks are computed exactly
+    # plus one pooled key row per skipped block of 16 keys
+    assert s["mean_work"] == pytest.approx(s["mean_density"] + (1 - s["mean_density"]) / 16)
+    assert s_drop["mean_work"] == pytest.approx(s_drop["mean_density"])
+    assert torch.isfinite(out_pooled).all() and not torch.equal(out_pooled, out_drop)
+    err_drop = (out_drop - a.baseline).pow(2).mean()
+    err_pooled = (out_pooled - a.baseline).pow(2).mean()
+    assert err_pooled < err_drop
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pooled_remainder_dense_setting_is_bit_identical(arch_of, arch):
+    a = arch_of(arch)
+    h = enable(a, "pasa", remainder="pooled", **DENSE["pasa"])
+    assert torch.equal(a.run(), a.baseline) and h.stats["sparse_calls"] == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pooled_remainder_with_a_full_mask_matches_dense_within_tolerance(arch_of, arch):
+    a = arch_of(arch)
+    h = enable(a, "sliding_tile", remainder="pooled", **DENSE["sliding_tile"])
+    next(iter(h.parts.values())).engine.policy.full = lambda grid, step: False
+    out = a.run()
+    assert h.stats["sparse_calls"] > 0 and h.stats["mean_work"] == pytest.approx(1.0)
+    torch.testing.assert_close(out, a.baseline, **FORCED_TOL)
+
+
+def test_a_pass_for_some_heads_leaves_the_other_heads_to_other_passes(arch_of):
+    # svg splits heads between two passes; with the pooled remainder a refused row is not empty, so the engine must
+    # zero each pass outside its heads (else the passes' sum would count pooled keys twice)
+    from dynaccel.plugins.sparse_attention.engine import Pass
+    from dynaccel.plugins.sparse_attention.masks import spatial_head_mask
+
+    a = arch_of("wan")
+    h = enable(a, "svg", remainder="pooled")
+    engine = next(iter(h.parts.values())).engine
+    plan = spatial_head_mask((3, 8, 8), 0, 16)
+    q, k, v = (torch.randn(1, 192, 4, 16, generator=_gen(i)) for i in (1, 2, 3))
+    heads = torch.tensor([[True, False, True, False]])
+    full = engine._run_pass(Pass(plan, plan.block_mask[None]), q, k, v, 192, None)
+    only = Pass(plan, plan.block_mask[None] & heads[:, :, None, None], heads=heads)
+    part = engine._run_pass(only, q, k, v, 192, None)
+    assert torch.equal(part[:, :, heads[0]], full[:, :, heads[0]])
+    assert torch.count_nonzero(part[:, :, ~heads[0]]) == 0
+
+
+def test_svg_with_the_pooled_remainder_runs_both_head_kinds(arch_of):
+    a = arch_of("hunyuan")
+    h = enable(a, "svg", remainder="pooled")
+    out = a.run()
+    assert torch.isfinite(out).all() and h.stats["sparse_calls"] > 0
+    assert 0.0 <= h.stats["spatial_head_share"] <= 1.0
+
+
+def test_density_per_run_keeps_one_entry_per_generation(arch_of):
+    a = arch_of("wan")
+    h = enable(a, "pasa", density=0.2, max_density=0.6, gain=2.0)
+    a.run()
+    first = h.stats["mean_density"]
+    a.run()
+    runs = h.stats["density_per_run"]
+    assert len(runs) == 2 and runs[0] == pytest.approx(first) and runs[1] == pytest.approx(h.stats["mean_density"])
+    assert h.stats["work_per_run"] == pytest.approx(runs)  # remainder="drop": no pooled rows
