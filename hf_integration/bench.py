@@ -81,6 +81,8 @@ def _short(value: Any) -> str:
 
 
 def _value(text: str) -> Any:
+    if text.lower() in ("true", "false"):  # Python's spelling as well as JSON's
+        return text.lower() == "true"
     try:
         return json.loads(text)
     except json.JSONDecodeError:

@@ -92,3 +92,11 @@ def test_preset_settings(tmp_path):
     assert (s.strategy, s.config, s.label) == ("fbcache", {"threshold": 0.3}, "preset:mine")
     with pytest.raises(Exception, match="unknown preset 'nope'"):
         bench.parse_setting("preset:nope")
+
+
+def test_setting_values_take_python_and_json_spellings():
+    s = bench.parse_setting("teacache:threshold=0.2,compute_last=False,cfg_sync=true,mode=normal,coefficients=1,2")
+    assert s.config == {"threshold": 0.2, "compute_last": False, "cfg_sync": True, "mode": "normal",
+                        "coefficients": "1,2"}
+    assert s.config["compute_last"] is False and s.config["cfg_sync"] is True
+    assert bench.parse_setting("diffusers:taylorseer:use_lite_mode=True").config == {"use_lite_mode": True}
