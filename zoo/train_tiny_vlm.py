@@ -40,7 +40,7 @@ QUESTIONS = {
 }
 SIZE, PATCH = 112, 8
 IMAGE_TOKENS = (SIZE // PATCH) ** 2
-DEFAULT_STEPS = 950
+DEFAULT_STEPS = 800
 RADIUS, MARGIN, APART = (8, 12), 16, 31  # shape radius range, distance from the border, city-block distance apart
 #: model size (see the module docstring for why: enough image tokens and an LLM that dominates the prefill)
 ARCH = dict(vision_width=64, vision_layers=3, vision_heads=2, text_width=192, text_layers=10, text_heads=4,
@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps (the weights follow from the seed and this)")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heldout", type=int, default=300, help="held-out items scored at the end")
