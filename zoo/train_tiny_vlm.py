@@ -205,6 +205,36 @@ def accuracy(model, vocab: list[str], items, batch_size: int = 50) -> dict[str, 
     return result
 
 
+def train(steps: int = DEFAULT_STEPS, batch_size: int = 16, lr: float = 5e-4, seed: int = 0,
+          stop_after: int | None = None, log=print):
+    """The training loop: returns (model, vocabulary, losses). ``stop_after`` ends early on the same schedule
+    (for tests); the weights depend only on the arguments."""
+    torch.manual_seed(seed)
+    vocab = vocabulary()
+    vocab_ids = {w: i for i, w in enumerate(vocab)}
+    model = build(vocab)
+    model.generation_config.pad_token_id = vocab_ids["<pad>"]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    rng = random.Random(seed)
+    warmup = max(1, steps // 20)
+    start, losses = time.time(), []
+    for step in range(steps if stop_after is None else min(steps, stop_after)):
+        step_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = step_lr
+        model.train()
+        loss = model(**batch(rng, vocab_ids, batch_size)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % 25 == 0 or step == 0:
+            log(f"step {step + 1} loss {sum(losses[-25:]) / len(losses[-25:]):.4f} lr {step_lr:.2e} "
+                f"{(time.time() - start) / 60:.1f} min")
+    return model, vocab, losses
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -216,29 +246,8 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=300, help="held-out items scored at the end")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    vocab = vocabulary()
-    vocab_ids = {w: i for i, w in enumerate(vocab)}
-    model = build(vocab)
-    model.generation_config.pad_token_id = vocab_ids["<pad>"]
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    rng = random.Random(args.seed)
-    warmup = max(1, args.steps // 20)
-    start, losses = time.time(), []
-    for step in range(args.steps):
-        lr = args.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        model.train()
-        loss = model(**batch(rng, vocab_ids, args.batch)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if (step + 1) % 25 == 0 or step == 0:
-            print(f"step {step + 1} loss {sum(losses[-25:]) / len(losses[-25:]):.4f} lr {lr:.2e} "
-                  f"{(time.time() - start) / 60:.1f} min", flush=True)
+    start = time.time()
+    model, vocab, losses = train(args.steps, args.batch, args.lr, args.seed, log=lambda m: print(m, flush=True))
     minutes = (time.time() - start) / 60
     acc = accuracy(model, vocab, heldout(args.heldout))
     print(f"held-out accuracy {acc} after {args.steps} steps, {minutes:.1f} min", flush=True)
