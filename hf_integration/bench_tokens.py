@@ -386,7 +386,7 @@ def write_results(out_dir: Path, rows: list[TokenRow], meta: dict[str, Any],
         full = next((r for r in rows if r.strategy == "full"), None)
         groups: dict[str, list[TokenRow]] = {}
         for r in rows:
-            if r.strategy != "full" and "keep_ratio" in r.config:
+            if r.strategy not in ("full", "layer_skip") and "keep_ratio" in r.config:  # (layer_skip: share of layers)
                 groups.setdefault(r.strategy, []).append(r)
         for name, pts in groups.items():
             pts = sorted(pts, key=lambda r: r.config["keep_ratio"])
