@@ -220,7 +220,8 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
         parsed = [b.parse_setting(x) for x in settings or bt.default_settings(model)]
         rows = bt.run(model, parsed, repeats=repeats, heldout_items=items, threads=threads)
         meta = {"model": model, "settings": [s.label for s in parsed], "repeats": repeats,
-                "heldout_items": items if model != bt.SMOLLM2 else None, "machine": b.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                "heldout_items": items if model != bt.SMOLLM2 else None, "machine": b.machine(),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         click.echo(bt.format_table(rows))
         json_path, png_path = bt.write_results(Path(out_dir), rows, meta)
         click.echo(f"\nwrote {json_path} and {png_path}")
