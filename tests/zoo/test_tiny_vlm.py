@@ -4,22 +4,25 @@ questions (count the shapes, the circle's colour, which half holds the circle) f
 import json
 import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import dynaccel.zoo as zoo  # noqa: E402
-from dynaccel.zoo import train_tiny_vlm as tv  # noqa: E402
+import dynaccel.zoo as zoo
+from dynaccel.zoo import train_tiny_vlm as tv
 
 
 @pytest.fixture(scope="module")
 def vlm():
     pytest.importorskip("transformers")
+    import huggingface_hub.constants
+
     from dynaccel.hf_integration.bench_tokens import load_tiny_vlm
 
     torch.set_num_threads(1)
-    return load_tiny_vlm()
+    with pytest.MonkeyPatch.context() as mp:  # offline for the load only (the Hub tests need it unset)
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        return load_tiny_vlm()
 
 
 def test_tiny_vlm_is_a_small_stock_llava_folder_matching_the_training_script(vlm):
