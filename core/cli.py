@@ -193,7 +193,8 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
 
 
 @cli.command()
-@click.option("--model", default="tiny-wan", show_default=True, help="zoo model name or local diffusers pipeline folder")
+@click.option("--model", default="tiny-wan", show_default=True,
+              help="zoo model name (tiny-wan, tiny-flux, tiny-vlm), smollm2, or a local diffusers pipeline folder")
 @click.option("-s", "--setting", "settings", multiple=True,
               help="strategy[:key=value,...], preset:NAME_OR_PATH or diffusers:NAME[:key=value,...]; repeatable "
                    "(default: every dynaccel cache strategy, from the model's built-in presets where they exist)")
@@ -205,11 +206,26 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="torch threads")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-out", show_default=True,
               help="folder for bench.json and bench.png")
-def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_dir):
-    """Speed and quality of acceleration settings against full compute on one pipeline."""
+@click.option("--items", type=click.IntRange(1, 10000), default=300, show_default=True,
+              help="tiny-vlm: held-out questions scored for accuracy")
+def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_dir, items):
+    """Speed and quality of acceleration settings against full compute on one pipeline, or on a transformers model
+    (--model tiny-vlm or smollm2: token strategies; prefill, decode, memory, accuracy or agreement)."""
     from pathlib import Path
 
     from ..hf_integration import bench as b
+    from ..hf_integration import bench_tokens as bt
+
+    if bt.is_transformers_model(model):
+        parsed = [b.parse_setting(x) for x in settings or bt.default_settings(model)]
+        rows = bt.run(model, parsed, repeats=repeats, heldout_items=items, threads=threads)
+        meta = {"model": model, "settings": [s.label for s in parsed], "repeats": repeats,
+                "heldout_items": items if model != bt.SMOLLM2 else None, "machine": b.machine(),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        click.echo(bt.format_table(rows))
+        json_path, png_path = bt.write_results(Path(out_dir), rows, meta)
+        click.echo(f"\nwrote {json_path} and {png_path}")
+        return
 
     if not settings:  # a zoo model's built-in presets where they exist, else each strategy at its defaults
         names = get_registry().presets

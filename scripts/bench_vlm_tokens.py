@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
-import time
 
 import torch
 
@@ -79,33 +77,17 @@ def qwen2_vl():
 
 
 def run(title, model, x, settings, repeats, new_tokens):
-    prefill = {label: [] for label, _, _ in settings}
-    decode = {label: [] for label, _, _ in settings}
-    work = {}
-    for rnd in range(repeats + 1):
-        for label, name, cfg in settings:
-            if name is not None:
-                model.enable_accel(name, **cfg)
-            with torch.inference_mode():
-                t0 = time.perf_counter()
-                model.generate(**x, max_new_tokens=1, do_sample=False)
-                one = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                model.generate(**x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-                many = time.perf_counter() - t0
-            if rnd:
-                prefill[label].append(one)
-                decode[label].append((new_tokens - 1) / (many - one))
-            st = model.accel_stats.get(name, {}) if name else {}
-            work[label] = f"{st['prefill_token_layers']}/{st['prefill_token_layers_full']}" if st else "all"
-            if name is not None:
-                model.disable_accel()
-    base = statistics.median(prefill[settings[0][0]])
+    from dynaccel.hf_integration.bench import Setting
+    from dynaccel.hf_integration.bench_tokens import measure_speed
+
+    rows = [(label, Setting("full") if name is None else Setting("dynaccel", name, cfg)) for label, name, cfg in settings]
+    speed = measure_speed(model, x, [s for _, s in rows], repeats, new_tokens)  # round-robin, warm-up, median
+    base = speed[rows[0][1].label].prefill_s
     print(f"\n{title}")
     print(f"{'setting':30s} {'prefill (s)':>11s} {'speedup':>8s} {'decode tok/s':>12s} {'token-layers':>13s}")
-    for label, _, _ in settings:
-        p = statistics.median(prefill[label])
-        print(f"{label:30s} {p:11.3f} {base / p:7.2f}x {statistics.median(decode[label]):12.1f} {work[label]:>13s}")
+    for label, s in rows:
+        sp = speed[s.label]
+        print(f"{label:30s} {sp.prefill_s:11.3f} {base / sp.prefill_s:7.2f}x {sp.decode_tok_s:12.1f} {sp.token_layers:>13s}")
 
 
 def main() -> None:

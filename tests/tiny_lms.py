@@ -125,6 +125,24 @@ def tiny_qwen2_vl(attn: str = "sdpa", seed: int = 0):
     return model, inputs
 
 
+def tiny_qwen2_5_vl(attn: str = "sdpa", seed: int = 0):
+    """Qwen2.5-VL with a two-block vision tower (block 0 attends in windows of 2x2 merged groups, block 1 to the
+    whole image): an 8x8-patch grid merged 2x2 -> 16 image tokens per image; inputs as :func:`tiny_qwen2_vl`."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    text = dict(_text_kwargs(), rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1],
+                  in_channels=3)
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN,
+                           video_token_id=VIDEO_TOKEN, vision_start_token_id=88, vision_end_token_id=89,
+                           attn_implementation=attn)
+    model = _finish(Qwen2_5_VLForConditionalGeneration(cfg), attn)
+    _, inputs = tiny_qwen2_vl(attn, seed)  # the same prompt layout and patch format
+    return model, inputs
+
+
 def tiny_llava_onevision(attn: str = "sdpa", seed: int = 0):
     """LLaVA-OneVision with a tiny SigLIP tower and a Qwen2 LM, fed a video: 4 frames of 32x32, 8x8 patches pooled
     2x2 -> 4 tokens per frame, plus the newline token: 17 video tokens."""

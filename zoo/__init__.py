@@ -8,6 +8,15 @@ Each model lives in ``zoo/<name>/`` as a complete folder for its library's ``fro
     pipe = WanPipeline.from_pretrained(dynaccel.zoo.path("tiny-wan"))
     video = pipe("a red circle moving left fast", **dynaccel.zoo.generation_defaults("tiny-wan")).frames[0]
 
+``tiny-vlm`` is a transformers folder (a stock LlavaForConditionalGeneration, a word vocabulary in ``vocab.json``);
+``dynaccel.zoo.train_tiny_vlm`` builds its prompts and scores it::
+
+    from transformers import LlavaForConditionalGeneration
+    from dynaccel.zoo import train_tiny_vlm as tv
+
+    model = LlavaForConditionalGeneration.from_pretrained(dynaccel.zoo.path("tiny-vlm"))
+    print(tv.accuracy(model, tv.vocabulary(), tv.heldout(60)))     # {'overall': ..., 'count': ..., ...}
+
 This module imports nothing heavy (no diffusers, no torch).
 """
 

@@ -45,3 +45,16 @@ def test_flux_transformer_training_is_bit_reproducible():
     b, _ = train_tiny_flux.train_transformer(*args, seed=1, **kw)
     c, _ = train_tiny_flux.train_transformer(*args, seed=2, **kw)
     assert _same(a, b) and not _same(a, c)
+
+
+def test_tiny_vlm_training_is_bit_reproducible():
+    pytest.importorskip("transformers")
+    from dynaccel.zoo import train_tiny_vlm
+
+    torch.set_num_threads(1)
+    kw = dict(steps=800, batch_size=2, stop_after=2, log=_quiet)
+    a, _, la = train_tiny_vlm.train(seed=3, **kw)
+    b, _, lb = train_tiny_vlm.train(seed=3, **kw)
+    c, _, _ = train_tiny_vlm.train(seed=4, **kw)
+    assert la == lb and len(la) == 2
+    assert _same(a, b) and not _same(a, c)
