@@ -346,13 +346,22 @@ def run_bench(
         bar.update(1)
         return _frames(out)
 
-    def measure(label):
+    per_gen: list[tuple[float, float]] = []  # (computed, out of) of each generation in the last timed pass
+
+    def measure(label, handle=None):
         bar.set_postfix_str(label)
         generate(*jobs[0])  # warm-up (and the calibration run of calibrated strategies)
         times, outs = [], []
-        for _ in range(repeats):
+        for r in range(repeats):
+            last = r == repeats - 1
+            if last:
+                per_gen.clear()
             t0 = time.perf_counter()
-            outs = [generate(p, s) for p, s in jobs]
+            outs = []
+            for p, s in jobs:
+                outs.append(generate(p, s))
+                if last:  # outside the timing would be fairer, but these reads are a few dict lookups
+                    per_gen.append(_work_of(handle.stats if handle is not None else {}, counter))
             times.append((time.perf_counter() - t0) / len(jobs))
         return statistics.median(times), outs
 
@@ -376,7 +385,7 @@ def run_bench(
                 t, outs = measure(setting.label)
             elif setting.kind == "dynaccel":
                 handle = pipe.enable_accel(setting.strategy, **setting.config)
-                t, outs = measure(setting.label)
+                t, outs = measure(setting.label, handle)
                 stats = handle.stats
                 if stats.get("density_per_run"):  # sparse attention: the mean over the last pass's generations
                     stats["mean_density_last_pass"] = statistics.mean(stats["density_per_run"][-len(jobs):])
@@ -396,7 +405,11 @@ def run_bench(
             counter.remove()
         # attention-level peers (taylorseer, fastercache, pab) still enter the attention modules they predict
         counted = counter.count if setting.kind != "diffusers" or setting.strategy in ("fbcache", "magcache") else None
-        computed = _computed(stats, counted, full_passes)
+        if counted is None and setting.kind == "diffusers":
+            per_gen.clear()
+        computed = _computed(stats, per_gen, full_passes)
+        if per_gen:
+            stats["computed_per_generation"] = [c for c, _ in per_gen]
         mse = torch.cat([((o - b) ** 2).flatten(-3).mean(-1).flatten() for o, b in zip(outs, base)])
         frame_ssim = torch.cat([ssim(o, b).flatten() for o, b in zip(outs, base)])
         rows.append(Row(setting.label, setting.kind, t, base_t / t, computed, _psnr_of(float(mse.mean())),
@@ -405,17 +418,32 @@ def run_bench(
     return rows
 
 
-def _computed(stats: dict[str, Any], counted: int | None, full: int | None) -> str:
-    """Transformer passes (or block calls) computed in the last generation, out of all."""
+def _work_of(stats: dict[str, Any], counter: Any) -> tuple[float, float] | None:
+    """(computed, out of) for one generation: block calls for per-block strategies, else transformer passes (from
+    the strategy's stats, or from the last-block counter for peers and other families)."""
     if "blocks_computed" in stats:
-        return f"{stats['blocks_computed']}/{stats['blocks_computed'] + stats['blocks_reused']} blk"
+        return stats["blocks_computed"], stats["blocks_computed"] + stats["blocks_reused"]
+    if "computed" in stats and "passes" in stats and not isinstance(stats.get("transformer"), dict):
+        return stats["computed"], stats["passes"]
+    if counter is not None and counter.count is not None:
+        return counter.count, None
+    return None
+
+
+def _computed(stats: dict[str, Any], per_gen: list, full: int | None) -> str:
+    """Transformer passes (or block calls) computed per generation, out of all: the mean over the generations of
+    the last timed pass (every prompt and seed), e.g. ``19/60`` or ``21.5/60``."""
     if stats.get("mean_density") is not None:  # sparse attention: share of attention blocks computed
         return f"attn {stats.get('mean_density_last_pass', stats['mean_density']):.1%}"
-    if "computed" in stats and "passes" in stats and not isinstance(stats.get("transformer"), dict):
-        return f"{stats['computed']}/{stats['passes']}"
-    if counted is not None and full:
-        return f"{counted}/{full}"
-    return "-"
+    work = [w for w in per_gen if w is not None]
+    if not work or len(work) != len(per_gen):
+        return "-"
+    mean = statistics.mean(c for c, _ in work)
+    total = work[-1][1] if work[-1][1] is not None else full
+    if total is None:
+        return "-"
+    text = f"{mean:.0f}" if mean == int(mean) else f"{mean:.1f}"
+    return f"{text}/{total}" + (" blk" if "blocks_computed" in stats else "")
 
 
 def _first_ratios(handle) -> list[float] | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -228,7 +229,12 @@ def _cap_values(cls, config: dict[str, Any], caps: list[int] | None) -> list[int
 
 
 def _work_skipped(row: bench.Row) -> float:
+    """Share of the work skipped, averaged over the held-out generations."""
     s = row.stats
+    per = s.get("computed_per_generation")
+    total = s["blocks_computed"] + s["blocks_reused"] if "blocks_computed" in s else s.get("passes")
+    if per and total:
+        return 1 - statistics.mean(per) / total
     if "blocks_computed" in s:
         return s["blocks_reused"] / max(1, s["blocks_computed"] + s["blocks_reused"])
     return s.get("skipped", 0) / max(1, s.get("passes", 1))

@@ -113,6 +113,7 @@ def retime(pipe, model: str, strategies: list[str], seeds: list[int], call: dict
         if round(row.psnr_db, 2) != measured["psnr_db"]:
             raise SystemExit(f"{strategy}: PSNR {row.psnr_db:.2f} differs from the calibrated {measured['psnr_db']}")
         measured["speedup"] = round(row.speedup, 3)
+        measured["computed"] = row.computed  # per generation, the mean over the held-out prompts
         doc["provenance"]["timing"] = {"repeats": 3, "date": time.strftime("%Y-%m-%d"), "machine": bench.machine(),
                                        "full_compute_s": round(rows[0].time_s, 4), "time_s": round(row.time_s, 4)}
         atomic_write(file, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n"))

@@ -42,7 +42,7 @@ def test_every_cache_strategy_has_a_preset_that_reproduces_its_provenance(model)
         assert row.psnr_db >= prov[name]["min_psnr_db"] - 0.5, (name, row.psnr_db)
 
 
-def _count(text: str) -> tuple[int, int]:
-    """'19/60' or '140/240 blk' -> (19, 60)."""
+def _count(text: str) -> tuple[float, int]:
+    """'19/60', '19.5/60' or '140/240 blk' -> (19.0, 60): computed per generation (mean), out of all."""
     done, total = text.split()[0].split("/")
-    return int(done), int(total)
+    return float(done), int(total)
