@@ -15,12 +15,15 @@ temporary file first, then renamed: an interrupted or failed run leaves no parti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import platform
 import re
+import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -346,76 +349,111 @@ def run_bench(
         bar.update(1)
         return _frames(out)
 
-    per_gen: list[tuple[float, float]] = []  # (computed, out of) of each generation in the last timed pass
+    # Round-robin: a warm-up round, then ``repeats`` rounds that each time every setting once (enabled, timed,
+    # disabled), so a machine whose speed drifts during the run slows every setting alike. A calibrated strategy
+    # without a calibration file gets one in a temporary folder: the warm-up round calibrates, later rounds load it.
+    tmp = Path(tempfile.mkdtemp(prefix="dynaccel-bench-"))
+    order: list[Setting] = ([] if baseline else [Setting("full")]) + [
+        dataclasses.replace(st, config=_with_calibration_file(st, tmp, i)) for i, st in enumerate(settings)
+    ]
+    ratios = None
+    times: list[list[float]] = [[] for _ in order]
+    outs_of: list[list[torch.Tensor]] = [[] for _ in order]
+    stats_of: list[dict[str, Any]] = [{} for _ in order]
+    work_of: list[list] = [[] for _ in order]
+    full_passes = baseline.get("passes") if baseline else None
 
-    def measure(label, handle=None):
-        bar.set_postfix_str(label)
-        generate(*jobs[0])  # warm-up (and the calibration run of calibrated strategies)
-        times, outs = [], []
-        for r in range(repeats):
-            last = r == repeats - 1
-            if last:
-                per_gen.clear()
+    def run_one(i: int, st: Setting, timed: bool, last: bool) -> None:
+        nonlocal counter, ratios, full_passes
+        bar.set_postfix_str(st.label)
+        counter = _last_block_counter(pipe)
+        handle = None
+        try:
+            if st.kind == "dynaccel":
+                handle = pipe.enable_accel(st.strategy, **st.config)
+            elif st.kind == "diffusers":
+                if st.strategy == "magcache" and ratios is None:
+                    ratios = _calibrate_ratios(pipe, jobs[0], call_kwargs)
+                _denoiser(pipe).enable_cache(_peer_config(pipe, st, steps, ratios))
+            if not timed:
+                generate(*jobs[0])  # warm-up (and the calibration run of calibrated strategies)
+                if handle is not None and st.strategy == "magcache" and ratios is None:
+                    ratios = _first_ratios(handle)
+                return
             t0 = time.perf_counter()
-            outs = []
-            for p, s in jobs:
-                outs.append(generate(p, s))
-                if last:  # outside the timing would be fairer, but these reads are a few dict lookups
-                    per_gen.append(_work_of(handle.stats if handle is not None else {}, counter))
-            times.append((time.perf_counter() - t0) / len(jobs))
-        return statistics.median(times), outs
+            outs, work = [], []
+            for p, sd in jobs:
+                outs.append(generate(p, sd))
+                if last:  # a few dict lookups: negligible next to a generation
+                    work.append(_work_of(handle.stats if handle is not None else {}, counter))
+            times[i].append((time.perf_counter() - t0) / len(jobs))
+            if last:
+                outs_of[i], work_of[i] = outs, work
+                stats_of[i] = handle.stats if handle is not None else {}
+                if st.kind == "full":
+                    full_passes = counter.count
+                elif st.kind == "diffusers" and st.strategy not in ("fbcache", "magcache"):
+                    work_of[i] = []  # attention-level peers still enter the modules they predict: not countable
+        finally:
+            if st.kind == "dynaccel":
+                pipe.disable_accel()
+            elif st.kind == "diffusers" and getattr(_denoiser(pipe), "is_cache_enabled", False):
+                _denoiser(pipe).disable_cache()
+            counter.remove()
+
+    try:
+        for i, st in enumerate(order):
+            run_one(i, st, timed=False, last=False)
+        for r in range(repeats):
+            for i, st in enumerate(order):
+                run_one(i, st, timed=True, last=r == repeats - 1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     if baseline:
-        base_t, base, full_passes = baseline["time"], baseline["outputs"], baseline["passes"]
+        base_t, base = baseline["time"], baseline["outputs"]
         bar.update(1 + repeats * len(jobs))
     else:
-        counter = _last_block_counter(pipe)
-        base_t, base = measure("full compute")
-        full_passes = counter.count
-        counter.remove()
+        base_t, base = statistics.median(times[0]), outs_of[0]
         if baseline is not None:
             baseline.update(time=base_t, outputs=base, passes=full_passes)
     rows = [Row("full compute", "full", base_t, 1.0, "all", math.inf, math.inf, 1.0)]
-    ratios = None
-    for setting in settings:
-        counter = _last_block_counter(pipe)
-        stats: dict[str, Any] = {}
-        try:
-            if setting.kind == "full":
-                t, outs = measure(setting.label)
-            elif setting.kind == "dynaccel":
-                handle = pipe.enable_accel(setting.strategy, **setting.config)
-                t, outs = measure(setting.label, handle)
-                stats = handle.stats
-                if stats.get("density_per_run"):  # sparse attention: the mean over the last pass's generations
-                    stats["mean_density_last_pass"] = statistics.mean(stats["density_per_run"][-len(jobs):])
-                    stats["mean_work_last_pass"] = statistics.mean(stats["work_per_run"][-len(jobs):])
-                if setting.strategy == "magcache":
-                    ratios = _first_ratios(handle)
-            else:
-                if setting.strategy == "magcache" and ratios is None:
-                    ratios = _calibrate_ratios(pipe, jobs[0], call_kwargs)
-                _denoiser(pipe).enable_cache(_peer_config(pipe, setting, steps, ratios))
-                t, outs = measure(setting.label)
-        finally:
-            if setting.kind == "dynaccel":
-                pipe.disable_accel()
-            elif setting.kind == "diffusers" and getattr(_denoiser(pipe), "is_cache_enabled", False):
-                _denoiser(pipe).disable_cache()
-            counter.remove()
-        # attention-level peers (taylorseer, fastercache, pab) still enter the attention modules they predict
-        counted = counter.count if setting.kind != "diffusers" or setting.strategy in ("fbcache", "magcache") else None
-        if counted is None and setting.kind == "diffusers":
-            per_gen.clear()
-        computed = _computed(stats, per_gen, full_passes)
-        if per_gen:
-            stats["computed_per_generation"] = [c for c, _ in per_gen]
+    offset = 0 if baseline else 1
+    for k, setting in enumerate(settings):
+        i = k + offset
+        stats = dict(stats_of[i])
+        if stats.get("density_per_run"):  # sparse attention: the mean over the last round's generations
+            stats["mean_density_last_pass"] = statistics.mean(stats["density_per_run"][-len(jobs):])
+            stats["mean_work_last_pass"] = statistics.mean(stats["work_per_run"][-len(jobs):])
+        work = work_of[i]
+        computed = _computed(stats, work, full_passes)
+        if work and all(w is not None for w in work):
+            stats["computed_per_generation"] = [c for c, _ in work]
+        t = statistics.median(times[i])
+        outs = outs_of[i]
         mse = torch.cat([((o - b) ** 2).flatten(-3).mean(-1).flatten() for o, b in zip(outs, base)])
         frame_ssim = torch.cat([ssim(o, b).flatten() for o, b in zip(outs, base)])
         rows.append(Row(setting.label, setting.kind, t, base_t / t, computed, _psnr_of(float(mse.mean())),
                         _psnr_of(float(mse.max())), float(frame_ssim.mean()), _jsonable(stats)))
     bar.close()
     return rows
+
+
+_CALIBRATION_FILES = ("ratios_path", "calibration_path")
+
+
+def _with_calibration_file(setting: Setting, folder: Path, index: int) -> dict[str, Any]:
+    """The setting's config, with a temporary calibration file for a calibrated strategy that has none."""
+    if setting.kind != "dynaccel":
+        return setting.config
+    from ..core.registry import get_registry
+
+    names = {f.name for f in get_registry().strategy(setting.strategy).Config.fields_info()}
+    config = dict(setting.config)
+    for opt in _CALIBRATION_FILES:
+        if opt in names and not config.get(opt):
+            config[opt] = str(folder / f"{index}-{setting.strategy}-{opt}.json")
+    return config
 
 
 def _work_of(stats: dict[str, Any], counter: Any) -> tuple[float, float] | None:
