@@ -468,11 +468,13 @@ def _work_of(stats: dict[str, Any], counter: Any) -> tuple[float, float] | None:
     return None
 
 
-def _computed(stats: dict[str, Any], per_gen: list, full: int | None) -> str:
+def _computed(stats: dict[str, Any], per_gen: list | None, full: int | None) -> str:
     """Transformer passes (or block calls) computed per generation, out of all: the mean over the generations of
     the last timed pass (every prompt and seed), e.g. ``19/60`` or ``21.5/60``."""
     if stats.get("mean_density") is not None:  # sparse attention: share of attention blocks computed
         return f"attn {stats.get('mean_density_last_pass', stats['mean_density']):.1%}"
+    if per_gen is None:  # one generation: the strategy's own stats
+        per_gen = [_work_of(stats, None)]
     work = [w for w in per_gen if w is not None]
     if not work or len(work) != len(per_gen):
         return "-"

@@ -113,3 +113,4 @@ def test_computed_column_is_the_mean_over_generations():
     assert bench._computed({"blocks_computed": 1}, [(140, 240), (100, 240)], None) == "120/240 blk"
     assert bench._computed({}, [(48, None), (40, None)], 60) == "44/60"  # counted by the block counter (peers)
     assert bench._computed({}, [], 60) == "-" and bench._computed({}, [None], 60) == "-"
+    assert bench._computed({"computed": 20, "passes": 60}, None, None) == "20/60"  # one generation (the demo)
