@@ -328,7 +328,7 @@ class CacheEngine:
         if new:
             if run is not None:
                 self.finish_run()
-            run = RunState(token, n)
+            run = RunState(token, n, reused_per_block=[0] * len(self.specs))
             self.run = run
             self.policy.run_started(run)
         return run
@@ -460,11 +460,7 @@ class CacheEngine:
         reuse = self._follow((p.step, i), p.branch.name, usable and self.policy.block_reuse(p, i, hs), usable)
         if reuse:
             p.branch.blocks_reused += 1
-            run = self.run
-            if run is not None:
-                if len(run.reused_per_block) < len(self.specs):
-                    run.reused_per_block.extend([0] * (len(self.specs) - len(run.reused_per_block)))
-                run.reused_per_block[i] += 1
+            self.run.reused_per_block[i] += 1
             res_hs, res_enc = cached
             new_enc = kernels.residual_add(enc, res_enc) if enc is not None and res_enc is not None else enc
             return spec.pack(kernels.residual_add(hs, res_hs), new_enc)
@@ -512,7 +508,7 @@ class CacheEngine:
                 else {}
             ),
             **(
-                {"reused_per_block": list(run.reused_per_block) or [0] * len(self.specs)}
+                {"reused_per_block": list(run.reused_per_block)}
                 if self.policy.level == "per_block" and run is not None
                 else {}
             ),
