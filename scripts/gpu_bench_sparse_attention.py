@@ -23,6 +23,7 @@ FlexAttention with the same mask.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -82,18 +83,37 @@ def check_correctness(device, backend):
                 mask[0, 0, 0] = False
                 kv_len = torch.tensor([s - 77, s], device=device)
                 for rem in kernels.REMAINDERS:
-                    got = kernels.block_sparse_attention(
-                        q, k, v, mask, bs, kv_len=kv_len, backend=backend, remainder=rem
-                    )
-                    ref = kernels.block_sparse_attention_reference(q, k, v, mask, bs, kv_len=kv_len, remainder=rem)
+                    case = {"dtype": str(dtype), "head_dim": d, "seq": s, "block": bs, "remainder": rem}
+                    try:
+                        got = kernels.block_sparse_attention(
+                            q, k, v, mask, bs, kv_len=kv_len, backend=backend, remainder=rem
+                        )
+                        ref = kernels.block_sparse_attention_reference(q, k, v, mask, bs, kv_len=kv_len, remainder=rem)
+                    except Exception as exc:  # a compile or launch failure is a result too: record it, go on
+                        case.update(max_abs_err=None, ok=False, error=_why(exc))
+                        cases.append(case)
+                        print(f"  check {str(dtype):15s} D={d:3d} S={s:5d} block={bs:3d} {rem:6s}: ERROR {case['error']}")
+                        continue
                     err = (got.float() - ref.float()).abs().max().item()
                     rtol, atol = ATTN_TOL[dtype]
                     ok = torch.allclose(got.float(), ref.float(), rtol=rtol, atol=atol)
-                    cases.append({"dtype": str(dtype), "head_dim": d, "seq": s, "block": bs, "remainder": rem,
-                                  "max_abs_err": err, "ok": ok})
+                    case.update(max_abs_err=err, ok=ok)
+                    cases.append(case)
                     print(f"  check {str(dtype):15s} D={d:3d} S={s:5d} block={bs:3d} {rem:6s}: max|err| {err:.2e} "
                           f"{'ok' if ok else 'FAIL'}")
     return cases
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Write atomically (temporary file, then rename): called after every row, so a run stopped by a time limit
+    keeps what it measured."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
 
 
 def flex_runner(q, k, v, mask, bs):
@@ -114,11 +134,52 @@ def flex_runner(q, k, v, mask, bs):
             torch.zeros_like(cnt), idx, full_kv_num_blocks=cnt, full_kv_indices=idx, BLOCK_SIZE=bs,
             seq_lengths=(q.shape[2], k.shape[2]),
         )
-        fn = torch.compile(flex_attention, dynamic=False)
+        # one compilation per sequence length and block size (the index tensors are (nQ, nK) whatever the density);
+        # lift dynamo's recompile limit so that the later lengths are compiled too instead of falling back to eager
+        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+        compiled = torch.compile(flex_attention, dynamic=False)
+        # FlexAttention's kernel tiles are 128 x 128 unless told otherwise; a 64-token mask needs 64-row tiles
+        opts = {"BLOCK_M": bs, "BLOCK_N": bs} if bs < 128 else None
+        fn = functools.partial(compiled, kernel_options=opts) if opts else compiled
         fn(q, k, v, block_mask=block_mask)
     except Exception as exc:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     return (lambda: fn(q, k, v, block_mask=block_mask)), None
+
+
+def time_row(args, q, k, v, s, density, bs, dense_ms, device, backend, gpu):
+    """One timed setting: our kernel (dropped and pooled remainder), the index preparation, FlexAttention."""
+    nb = -(-s // bs)
+    mask = random_block_mask(1, args.heads, nb, nb, density, s + bs, device)
+    real_density = mask.float().mean().item()
+    # the mask is prepared once (index lists), as FlexAttention's BlockMask is; its cost is reported apart
+    prepared = kernels.block_index(mask)
+    index_ms = timed(lambda: kernels.block_index(mask), args.repeats, device)
+    ours = lambda: kernels.block_sparse_attention(q, k, v, prepared, bs, backend=backend)  # noqa: E731
+    ours_ms = timed(ours, args.repeats, device)
+    pooled_ms = timed(
+        lambda: kernels.block_sparse_attention(q, k, v, prepared, bs, backend=backend, remainder="pooled"),
+        args.repeats, device,
+    )
+    flex, why = flex_runner(q, k, v, mask, bs) if gpu else (None, "not timed on the CPU (needs compile)")
+    flex_ms = timed(flex, args.repeats, device) if flex else None
+    diff = (ours().float() - flex().float()).abs().max().item() if flex else None
+    row = {
+        "seq": s, "density": real_density, "block": bs, "dense_ms": dense_ms, "ours_ms": ours_ms,
+        "index_prep_ms": index_ms, "pooled_ms": pooled_ms,
+        "flex_ms": flex_ms, "flex_note": why, "speedup_vs_dense": dense_ms / ours_ms,
+        "speedup_vs_flex": (flex_ms / ours_ms) if flex_ms else None, "max_abs_diff_vs_flex": diff,
+    }
+    fx = f"{flex_ms:8.3f}" if flex_ms else f"{'-':>8}"
+    vf = f"{row['speedup_vs_flex']:7.2f}x" if flex_ms else f"{'-':>8}"
+    df = f"{diff:14.2e}" if diff is not None else f"{'-':>14}"
+    print(f"{s:6d} {real_density:7.3f} {bs:5d} {dense_ms:9.3f} {ours_ms:8.3f} {pooled_ms:8.3f} {index_ms:8.3f} {fx} "
+          f"{row['speedup_vs_dense']:7.2f}x {vf} {df}")
+    if why and flex is None and device == "cuda":
+        print(f"         flex: {why}")
+    return row
 
 
 def main(argv=None):
@@ -136,7 +197,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="8k and 32k tokens, densities 10%% and 50%%")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--out", default="sparse-attn-bench.json")
+    ap.add_argument("--warps", type=int, default=None, help="override the kernel's warps per program (tuning)")
+    ap.add_argument("--stages", type=int, default=None, help="override the kernel's pipeline stages (tuning)")
     args = ap.parse_args(argv)
+    if args.warps:
+        kernels._warps = lambda block, block_d: args.warps
+    if args.stages:
+        kernels._stages = lambda block, block_d, elem: args.stages
 
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -168,11 +235,17 @@ def main(argv=None):
         "batch": 1,
         "repeats": args.repeats,
         "threads": torch.get_num_threads() if not gpu else None,
+        "warps_override": args.warps,
+        "stages_override": args.stages,
     }
     print(f"block-sparse attention on {meta['device']} (torch {meta['torch']}, triton {meta['triton']})")
+    out_path = Path(args.out)
+    doc = {"meta": meta, "checks": [], "rows": [], "bar": None}
     checks = [] if args.skip_check else check_correctness(device, backend)
+    doc["checks"] = checks
+    write_json(out_path, doc)
 
-    rows = []
+    rows = doc["rows"]
     header = (f"{'seq':>6} {'density':>7} {'block':>5} {'dense ms':>9} {'ours ms':>8} {'pooled':>8} {'prep ms':>8} "
               f"{'flex ms':>8} "
               f"{'vs dense':>8} {'vs flex':>8} {'max|ours-flex|':>14}")
@@ -182,38 +255,17 @@ def main(argv=None):
         dense_ms = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), args.repeats, device)
         for density in densities:
             for bs in [int(x) for x in args.blocks.split(",")]:
-                nb = -(-s // bs)
-                mask = random_block_mask(1, args.heads, nb, nb, density, s + bs, device)
-                real_density = mask.float().mean().item()
-                # the mask is prepared once (index lists), as FlexAttention's BlockMask is; its cost is reported apart
-                prepared = kernels.block_index(mask)
-                index_ms = timed(lambda: kernels.block_index(mask), args.repeats, device)
-                ours = lambda: kernels.block_sparse_attention(q, k, v, prepared, bs, backend=backend)  # noqa: E731
-                ours_ms = timed(ours, args.repeats, device)
-                pooled_ms = timed(
-                    lambda: kernels.block_sparse_attention(q, k, v, prepared, bs, backend=backend, remainder="pooled"),
-                    args.repeats, device,
-                )
-                flex, why = flex_runner(q, k, v, mask, bs) if gpu else (None, "not timed on the CPU (needs compile)")
-                flex_ms = timed(flex, args.repeats, device) if flex else None
-                diff = (ours().float() - flex().float()).abs().max().item() if flex else None
-                row = {
-                    "seq": s, "density": real_density, "block": bs, "dense_ms": dense_ms, "ours_ms": ours_ms,
-                    "index_prep_ms": index_ms, "pooled_ms": pooled_ms,
-                    "flex_ms": flex_ms, "flex_note": why, "speedup_vs_dense": dense_ms / ours_ms,
-                    "speedup_vs_flex": (flex_ms / ours_ms) if flex_ms else None, "max_abs_diff_vs_flex": diff,
-                }
+                try:
+                    row = time_row(args, q, k, v, s, density, bs, dense_ms, device, backend, gpu)
+                except Exception as exc:  # e.g. out of memory at 64k: record, go on with the next setting
+                    row = {"seq": s, "density": density, "block": bs, "dense_ms": dense_ms, "error": _why(exc)}
+                    print(f"{s:6d} {density:7.3f} {bs:5d} ERROR {row['error']}")
                 rows.append(row)
-                fx = f"{flex_ms:8.3f}" if flex_ms else f"{'-':>8}"
-                vf = f"{row['speedup_vs_flex']:7.2f}x" if flex_ms else f"{'-':>8}"
-                df = f"{diff:14.2e}" if diff is not None else f"{'-':>14}"
-                print(f"{s:6d} {real_density:7.3f} {bs:5d} {dense_ms:9.3f} {ours_ms:8.3f} {pooled_ms:8.3f} {index_ms:8.3f} {fx} "
-                      f"{row['speedup_vs_dense']:7.2f}x {vf} {df}")
-                if why and flex is None and device == "cuda":
-                    print(f"         flex: {why}")
+                write_json(out_path, doc)
         del q, k, v
 
-    bar = [r for r in rows if r["seq"] >= 32768 and abs(r["density"] - 0.1) < 0.02]
+    bar = [r for r in rows if "error" not in r and r["seq"] >= 32768 and abs(r["density"] - 0.1) < 0.02]
+
     verdict = None
     if bar:
         best = max(bar, key=lambda r: r["speedup_vs_dense"])
@@ -226,7 +278,8 @@ def main(argv=None):
               f"{best['speedup_vs_flex'] if best['speedup_vs_flex'] is None else round(best['speedup_vs_flex'], 2)}x vs flex")
     failed = [c for c in checks if not c["ok"]]
     print(f"correctness: {len(checks) - len(failed)}/{len(checks)} checks passed")
-    Path(args.out).write_text(json.dumps({"meta": meta, "checks": checks, "rows": rows, "bar": verdict}, indent=1))
+    doc["bar"] = verdict
+    write_json(out_path, doc)
     print(f"wrote {args.out}")
     return 1 if failed else 0
 

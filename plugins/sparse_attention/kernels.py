@@ -61,6 +61,22 @@ __all__ = [
 #: launch settings of the Triton kernel per head dim (module constants so the GPU script can sweep them)
 NUM_WARPS = {64: 4, 128: 8}
 NUM_STAGES = 2
+# shared memory a pipelined key/value tile pair may take (an H100/H200 SM has 228 KiB; leave room for the rest)
+_SMEM_BUDGET = 160 * 1024
+
+
+def _warps(block: int, block_d: int) -> int:
+    """Warps per program: NUM_WARPS by head dim for 128-row query blocks, 4 for smaller ones."""
+    return NUM_WARPS.get(block_d, 4) if block >= 128 else 4
+
+
+def _stages(block: int, block_d: int, elem: int) -> int:
+    """Pipeline stages for the key/value loads: NUM_STAGES unless that many key + value tiles would not fit the
+    shared-memory budget (float32 at block 128 x head dim 128 takes 128 KiB per stage), then 1."""
+    per_stage = 2 * block * block_d * elem
+    return NUM_STAGES if per_stage * NUM_STAGES <= _SMEM_BUDGET else 1
+
+
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 #: what happens to the key blocks a mask refuses (see the module docstring)
 REMAINDERS = ("drop", "pooled")
@@ -305,7 +321,7 @@ if triton is not None:
         smb, smh, smq,
         H, SQ, SK, D, NK, qk_scale,
         BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, HAS_KVLEN: tl.constexpr, PREC: tl.constexpr,
-        UPCAST: tl.constexpr, POOLED: tl.constexpr,
+        UPCAST: tl.constexpr, POOLED: tl.constexpr, EVEN: tl.constexpr,
     ):
         # program (query block, batch*head): online softmax over the allowed key blocks of this query block
         qblk = tl.program_id(0)
@@ -317,7 +333,10 @@ if triton is not None:
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
         q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :] * sqd
-        q = tl.load(q_ptrs, mask=(offs_m < SQ)[:, None] & d_ok[None, :], other=0.0)
+        if EVEN:  # every key block is whole and valid, the head dim fills BLOCK_D: loads without masks
+            q = tl.load(q_ptrs, mask=(offs_m < SQ)[:, None], other=0.0)
+        else:
+            q = tl.load(q_ptrs, mask=(offs_m < SQ)[:, None] & d_ok[None, :], other=0.0)
         if UPCAST:
             q = q.to(tl.float32)
         kv_limit = SK
@@ -332,23 +351,26 @@ if triton is not None:
             kblk = tl.load(idx_base + i)
             offs_k = kblk * BLOCK + offs_n
             k_ok = offs_k < kv_limit
-            kt = tl.load(
-                K + b * skb + h * skh + offs_k[None, :] * sks + offs_d[:, None] * skd,
-                mask=k_ok[None, :] & d_ok[:, None], other=0.0,
-            )
+            k_ptrs = K + b * skb + h * skh + offs_k[None, :] * sks + offs_d[:, None] * skd
+            v_ptrs = V + b * svb + h * svh + offs_k[:, None] * svs + offs_d[None, :] * svd
+            if EVEN:
+                kt = tl.load(k_ptrs)
+            else:
+                kt = tl.load(k_ptrs, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
             if UPCAST:
                 kt = kt.to(tl.float32)
             s = tl.dot(q, kt, input_precision=PREC) * qk_scale
-            s = tl.where(k_ok[None, :], s, float("-inf"))
+            if not EVEN:
+                s = tl.where(k_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet stays empty
             alpha = tl.exp2(m_i - m_use)
             p = tl.exp2(s - m_use[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            vv = tl.load(
-                V + b * svb + h * svh + offs_k[:, None] * svs + offs_d[None, :] * svd,
-                mask=k_ok[:, None] & d_ok[None, :], other=0.0,
-            )
+            if EVEN:
+                vv = tl.load(v_ptrs)
+            else:
+                vv = tl.load(v_ptrs, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             if UPCAST:
                 vv = vv.to(tl.float32)
             acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PREC)
@@ -452,7 +474,8 @@ def block_sparse_attention_triton(
         # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (triton 3.9: garbage); there the bfloat16 tiles
         # are widened to float32 after loading. Compiled GPU kernels always take the native path.
         UPCAST=interpreter_enabled() and q.device.type != "cuda" and q.dtype == torch.bfloat16,
-        num_warps=NUM_WARPS.get(block_d, 4), num_stages=NUM_STAGES,
+        EVEN=kv_len is None and sk % block_size == 0 and block_d == d,
+        num_warps=_warps(block_size, block_d), num_stages=_stages(block_size, block_d, q.element_size()),
     )
     return out
 

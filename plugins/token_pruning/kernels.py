@@ -99,6 +99,12 @@ if triton is not None:
             tl.atomic_add(out_base + cols, p, mask=cmask)
 
 
+#: ``backend="auto"`` takes the torch reference above this many keys: one program per (batch, head, row) walks the
+#: keys serially, which on an H100 (scripts/gpu_check_token_kernels.py, docs/results/h100-token-kernels.txt) was
+#: 0.9-1.4x the torch path up to 4096 keys and 0.08-0.15x at 32k.
+AUTO_TRITON_MAX_KEYS = 4096
+
+
 @functools.lru_cache(maxsize=None)
 def _jit(fn: Callable[..., Any], interpret: bool) -> Any:
     return triton.jit(fn)  # interpret is part of the cache key only: triton.jit reads the environment itself
@@ -162,6 +168,8 @@ def query_rows_attention(
     if bias is not None and tuple(bias.shape) != (b, r, k.shape[2]):
         raise ValueError(f"query_rows_attention: bias must be (B, R, N) = {(b, r, k.shape[2])}; got {tuple(bias.shape)}")
     scale = d**-0.5 if scale is None else scale
+    if backend == "auto" and k.shape[2] > AUTO_TRITON_MAX_KEYS:
+        backend = "torch"
     tensors = (q, k) if bias is None else (q, k, bias)
     return dispatch(
         lambda *t, **kw: _query_rows_attention_triton(q, k, bias, scale),

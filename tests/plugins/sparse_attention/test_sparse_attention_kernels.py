@@ -1,6 +1,7 @@
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernels are imported: Triton kernels run on the CPU
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton or the kernels are imported: Triton kernels run on the CPU
+# (the GPU tests below compile for the GPU: `TRITON_INTERPRET=0 pytest -m gpu` on a CUDA machine)
 
 import zlib  # noqa: E402
 
@@ -257,6 +258,7 @@ def test_unknown_remainder_is_refused_with_what_is_accepted():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles for the GPU: TRITON_INTERPRET=0")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_gpu_kernel_matches_reference(dtype):
     q, k, v = (t.cuda() for t in _inputs((1, 4, 2000, 2000, 128, 64), dtype, "gpu"))
