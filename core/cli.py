@@ -196,7 +196,7 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
 @click.option("--model", default="tiny-wan", show_default=True,
               help="zoo model name (tiny-wan, tiny-flux, tiny-vlm), smollm2, or a local diffusers pipeline folder")
 @click.option("-s", "--setting", "settings", multiple=True,
-              help="strategy[:key=value,...], preset:NAME_OR_PATH or diffusers:NAME[:key=value,...]; repeatable "
+              help="strategy[:key=value,...], preset:NAME_OR_PATH[:key=value,...] or diffusers:NAME[:key=value,...]; repeatable "
                    "(default: every dynaccel cache strategy, from the model's built-in presets where they exist)")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="add diffusers' built-in cache rows")
 @click.option("--prompt", "prompts", multiple=True, help="repeatable (default: the zoo model's four prompts)")

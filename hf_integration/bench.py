@@ -92,26 +92,39 @@ def _value(text: str) -> Any:
         return text
 
 
+def _options(setting: str, opts: str) -> dict[str, Any]:
+    config = {}
+    for item in filter(None, re.split(r",(?=\s*[A-Za-z_]\w*=)", opts)):  # values may hold commas
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"setting {setting!r}: option {item!r} is not key=value; example: teacache:threshold=0.1"
+            )
+        config[key.strip()] = _value(val.strip())
+    return config
+
+
 def parse_setting(text: str) -> Setting:
     """``teacache``, ``teacache:threshold=0.1,start=0.1``, ``diffusers:fbcache:threshold=0.1``,
-    ``preset:NAME_OR_PATH`` or ``full``."""
+    ``preset:NAME_OR_PATH``, ``preset:NAME_OR_PATH:threshold=0.05`` (the preset with options overridden) or
+    ``full``."""
     if text == "full":
         return Setting("full")
     if text.startswith("preset:"):
         from ..core.api import resolve_preset
 
-        preset = resolve_preset(text[len("preset:"):])
-        return Setting("dynaccel", preset.strategy, dict(preset.config), preset=preset.name)
+        ref, overrides = text[len("preset:"):], {}
+        head, sep, tail = ref.rpartition(":")
+        if sep and head and "=" in tail:  # NAME:key=value,... (a path holding ':' without '=' stays whole)
+            ref, overrides = head, _options(text, tail)
+        preset = resolve_preset(ref)
+        label = preset.name + (":" + ",".join(f"{k}={_short(v)}" for k, v in overrides.items()) if overrides else "")
+        return Setting("dynaccel", preset.strategy, {**preset.config, **overrides}, preset=label)
     kind = "dynaccel"
     if text.startswith("diffusers:"):
         kind, text = "diffusers", text[len("diffusers:"):]
     name, _, opts = text.partition(":")
-    config = {}
-    for item in filter(None, re.split(r",(?=\s*[A-Za-z_]\w*=)", opts)):  # values may hold commas
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"setting {text!r}: option {item!r} is not key=value; example: teacache:threshold=0.1")
-        config[key.strip()] = _value(val.strip())
+    config = _options(text, opts)
     if kind == "diffusers" and name not in PEERS:
         raise ConfigError(f"unknown diffusers cache {name!r}; accepted: {', '.join('diffusers:' + p for p in PEERS)}")
     return Setting(kind, name, config)

@@ -97,6 +97,15 @@ def test_preset_settings(tmp_path):
     assert (s.strategy, s.config, s.label) == ("fbcache", {"threshold": 0.3}, "preset:mine")
     with pytest.raises(Exception, match="unknown preset 'nope'"):
         bench.parse_setting("preset:nope")
+    # a preset with options overridden keeps the rest of its config and says what was changed
+    s = bench.parse_setting(f"preset:{path}:threshold=0.05,compute_last=False")
+    assert s.config == {"threshold": 0.05, "compute_last": False}
+    assert s.label == "preset:mine:threshold=0.05,compute_last=False"
+    s = bench.parse_setting("preset:tiny-wan-teacache-47db:threshold=0.06")
+    base = bench.parse_setting("preset:tiny-wan-teacache-47db")
+    assert s.config == {**base.config, "threshold": 0.06} and s.config["coefficients"] == base.config["coefficients"]
+    with pytest.raises(Exception, match="is not key=value"):
+        bench.parse_setting(f"preset:{path}:=0.1")
 
 
 def test_setting_values_take_python_and_json_spellings():
