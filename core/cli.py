@@ -189,7 +189,8 @@ def quickstart(steps: int, repeats: int) -> None:
 
 
 DEFAULT_BENCH = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
-DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorseer"]
+# every cache diffusers 0.42 offers for transformer pipelines; one that cannot run on the model is reported, not run
+DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorseer", "diffusers:pab", "diffusers:fastercache"]
 
 
 @cli.command()
@@ -244,10 +245,14 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
     if steps is not None:
         call["num_inference_steps"] = steps
     prompts = list(prompts) or b.default_prompts(model)
-    rows = b.run_bench(pipe, parsed, prompts, seed_list, call, repeats, threads)
+    not_run: list[dict[str, str]] = []
+    rows = b.run_bench(pipe, parsed, prompts, seed_list, call, repeats, threads, not_run=not_run)
     meta = {"model": model, "path": str(path), "call": call, "prompts": prompts,
-            "seeds": seed_list, "repeats": repeats, "machine": b.machine(), "date": time.strftime("%Y-%m-%d")}
+            "seeds": seed_list, "repeats": repeats, "machine": b.machine(), "date": time.strftime("%Y-%m-%d"),
+            "not_run": not_run}
     click.echo(b.format_table(rows))
+    for item in not_run:
+        click.echo(f"not run: {item['setting']} failed on {type(pipe).__name__} ({item['error']})")
     json_path, png_path = b.write_results(Path(out_dir), rows, meta)
     click.echo(f"\nwrote {json_path} and {png_path}")
 

@@ -212,6 +212,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) 
 # ---- installing settings ------------------------------------------------------------------------------------------
 
 
+# what a peer's failure usually means (diffusers 0.42.1), added to its "not run" note
+_PEER_HINTS = {
+    "fastercache": "diffusers' FasterCache expects the unconditional and conditional inputs of CFG concatenated in "
+                   "one batch, and this pipeline runs them as two passes",
+}
+
+
 def _peer_config(pipe, setting: Setting, steps: int, ratios: list[float] | None):
     from diffusers import hooks
 
@@ -338,11 +345,14 @@ def run_bench(
     threads: int = 1,
     progress: Callable[[str], Any] | None = None,
     baseline: dict[str, Any] | None = None,
+    not_run: list[dict[str, str]] | None = None,
 ) -> list[Row]:
     """Full compute first, then every setting; returns one row per setting (full compute first).
 
     ``baseline``: pass an empty dict to receive the full-compute measurement in it, and pass it back to later calls
     with the same prompts, seeds and settings to skip measuring full compute again.
+    ``not_run``: pass a list to let a diffusers peer that fails on this pipeline drop out instead of stopping the
+    run (``{"setting", "error"}`` is appended for it; it has no row); without it the error propagates.
     """
     from tqdm.auto import tqdm
 
@@ -414,12 +424,24 @@ def run_bench(
                 _denoiser(pipe).disable_cache()
             counter.remove()
 
+    dropped: set[int] = set()
     try:
         for i, st in enumerate(order):
-            run_one(i, st, timed=False, last=False)
+            try:
+                run_one(i, st, timed=False, last=False)
+            except Exception as exc:  # a peer diffusers cannot run on this pipeline: report it, keep the others
+                if not_run is None or st.kind != "diffusers":
+                    raise
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+                if st.strategy in _PEER_HINTS:
+                    why += f"; {_PEER_HINTS[st.strategy]}"
+                not_run.append({"setting": st.label, "error": why})
+                dropped.add(i)
+                bar.update(repeats * len(jobs))
         for r in range(repeats):
             for i, st in enumerate(order):
-                run_one(i, st, timed=True, last=r == repeats - 1)
+                if i not in dropped:
+                    run_one(i, st, timed=True, last=r == repeats - 1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -434,6 +456,8 @@ def run_bench(
     offset = 0 if baseline else 1
     for k, setting in enumerate(settings):
         i = k + offset
+        if i in dropped:
+            continue
         stats = dict(stats_of[i])
         if stats.get("density_per_run"):  # sparse attention: the mean over the last round's generations
             stats["mean_density_last_pass"] = statistics.mean(stats["density_per_run"][-len(jobs):])

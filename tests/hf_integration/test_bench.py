@@ -123,3 +123,23 @@ def test_computed_column_is_the_mean_over_generations():
     assert bench._computed({}, [(48, None), (40, None)], 60) == "44/60"  # counted by the block counter (peers)
     assert bench._computed({}, [], 60) == "-" and bench._computed({}, [None], 60) == "-"
     assert bench._computed({"computed": 20, "passes": 60}, None, None) == "20/60"  # one generation (the demo)
+
+
+def test_peer_that_cannot_run_is_reported_and_the_others_run(folder, tmp_path, capsys):
+    # diffusers' FasterCache expects CFG batched; WanPipeline runs two passes: the row is reported as not run,
+    # PAB (which applies) and our strategy still get rows, and bench.json records why
+    out = tmp_path / "out"
+    main(["bench", "--model", str(folder), "-s", "fbcache:threshold=0.5", "-s", "diffusers:fastercache",
+          "-s", "diffusers:pab", "--prompt", "a red circle moving left fast", "--repeats", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    doc = json.loads((out / "bench.json").read_text())
+    assert {r["label"] for r in doc["rows"]} == {"full compute", "fbcache:threshold=0.5", "diffusers:pab"}
+    [item] = doc["meta"]["not_run"]
+    assert item["setting"] == "diffusers:fastercache" and "two passes" in item["error"]
+    assert "not run: diffusers:fastercache failed on WanPipeline" in text
+    # a caller that does not ask for the list gets the error itself
+    pipe = bench.load_pipeline(folder)
+    with pytest.raises(IndexError):
+        bench.run_bench(pipe, [bench.parse_setting("diffusers:fastercache")], ["a blue square moving up slow"], [0],
+                        CALL, repeats=1, progress=False)
+    assert not getattr(pipe.transformer, "is_cache_enabled", False)  # nothing left installed after the error
