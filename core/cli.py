@@ -269,8 +269,10 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
 @click.option("--caps", default=None,
               help="comma-separated skip caps to search for strategies with one (e.g. taylorseer's max_interval); "
                    "default: the option's default and 2,3,4,6")
+@click.option("--set", "fixed", multiple=True,
+              help="key=value: an option held fixed while searching (e.g. order=2 for taylorseer); repeatable")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="preset JSON to write")
-def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, caps, out):
+def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, caps, fixed, out):
     """Fit a strategy to a pipeline and write the fastest preset that meets --min-psnr on held-out prompts."""
     from pathlib import Path
 
@@ -280,6 +282,9 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
     from ..hf_integration import calibrate as c
 
     get_registry().strategy(strategy)  # unknown names fail before loading anything
+    base = b.parse_setting(f"{strategy}:{','.join(fixed)}").config if fixed else {}
+    if "threshold" in base:
+        raise click.BadParameter("threshold is what calibrate searches; fix other options", param_hint="--set")
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
@@ -297,7 +302,7 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
     fit = list(fit_prompts) or b.default_prompts(model)[:2]
     held = list(heldout_prompts) or b.default_prompts(model)[2:]
     result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent,
-                         caps=cap_list)
+                         caps=cap_list, base_config=base)
     click.echo(b.format_table(result.rows))
     written = c.write_preset(result, Path(out))
     m = result.preset.provenance["measured"]

@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--last-step", action="store_true",
                     help="only run the calibrator's last stage on the existing presets: try compute_last=False, keep "
                     "it where the preset's target still holds (the threshold search does not depend on it)")
+    ap.add_argument("--set", dest="fixed", action="append", default=[],
+                    help="key=value held fixed while searching, e.g. --set order=2 (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = bench.resolve_model(args.model)
@@ -58,6 +60,7 @@ def main() -> None:
             result = calibrate.calibrate(pipe, args.model, strategy, bench.default_prompts(args.model)[:2],
                                          bench.default_prompts(args.model)[2:],
                                          seeds, call, args.min_psnr, PRESETS, progress=False,
+                                         base_config=bench.parse_setting(f"{strategy}:{','.join(args.fixed)}").config,
                                          name=f"{args.model}-{strategy}" + (f"-{args.suffix}" if args.suffix else ""))
         except bench.BenchError as exc:
             print(f"{strategy}: skipped: {exc}")

@@ -100,3 +100,20 @@ def test_missing_model_and_unknown_strategy(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             main(["calibrate", *args, "--out", str(tmp_path / "x.json")])
         assert exc.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_fixed_options_are_kept_in_the_preset_and_bad_ones_refused(folder, tmp_path, capsys):
+    out = tmp_path / "ts.json"
+    main(["calibrate", "--model", str(folder), "--strategy", "taylorseer", "--min-psnr", "30", "--caps", "2",
+          "--set", "order=2", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["config"]["order"] == 2 and doc["config"]["max_interval"] == 2
+    capsys.readouterr()
+    for fixed, msg in (("threshold=0.1", "threshold is what calibrate searches"),
+                       ("nope=1", "unknown option 'nope' for strategy 'taylorseer'"),
+                       ("order=9", "order")):
+        bad = tmp_path / "bad.json"
+        with pytest.raises(SystemExit) as exc:
+            main(["calibrate", "--model", str(folder), "--strategy", "taylorseer", "--set", fixed, "--out", str(bad)])
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
+        assert not bad.exists()
