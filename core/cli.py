@@ -190,7 +190,8 @@ def quickstart(steps: int, repeats: int) -> None:
 
 DEFAULT_BENCH = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
 # every cache diffusers 0.42 offers for transformer pipelines; one that cannot run on the model is reported, not run
-DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorseer", "diffusers:pab", "diffusers:fastercache"]
+DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorseer", "diffusers:seacache",
+                 "diffusers:pab", "diffusers:fastercache"]
 
 
 @cli.command()

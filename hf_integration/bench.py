@@ -35,7 +35,9 @@ from ..core.errors import ConfigError, DynaccelError
 from ..core.files import atomic_write
 
 #: diffusers' built-in caches usable as peer rows, with the options each accepts
-PEERS = ("fbcache", "magcache", "taylorseer", "fastercache", "pab")
+# diffusers 0.42's caches for transformer pipelines (TextKVCacheConfig, exact text K/V reuse for NucleusMoE-Image
+# only, is left out: it does not apply to the video/image DiTs the zoo has)
+PEERS = ("fbcache", "magcache", "taylorseer", "fastercache", "pab", "seacache")
 
 DEFAULT_PROMPTS = [
     "a red circle moving right fast",
@@ -236,6 +238,8 @@ def _peer_config(pipe, setting: Setting, steps: int, ratios: list[float] | None)
         return hooks.TaylorSeerCacheConfig(taylor_factors_dtype=torch.float32, **cfg)
     if name == "fastercache":
         return hooks.FasterCacheConfig(current_timestep_callback=lambda: pipe.current_timestep, **cfg)
+    if name == "seacache":
+        return hooks.SeaCacheConfig(**cfg)
     if name == "pab":
         cfg.setdefault("spatial_attention_block_skip_range", 2)
         return hooks.PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: pipe.current_timestep, **cfg)
@@ -415,7 +419,7 @@ def run_bench(
                 stats_of[i] = handle.stats if handle is not None else {}
                 if st.kind == "full":
                     full_passes = counter.count
-                elif st.kind == "diffusers" and st.strategy not in ("fbcache", "magcache"):
+                elif st.kind == "diffusers" and st.strategy not in ("fbcache", "magcache", "seacache"):
                     work_of[i] = []  # attention-level peers still enter the modules they predict: not countable
         finally:
             if st.kind == "dynaccel":

@@ -45,13 +45,17 @@ def test_bench_writes_table_json_and_plot(folder, tmp_path, capsys):
 
 def test_bench_defaults_include_diffusers_peers(folder):
     settings = [bench.parse_setting(s) for s in ("fbcache", "diffusers:magcache:threshold=0.5",
-                                                  "diffusers:taylorseer:cache_interval=2")]
+                                                  "diffusers:taylorseer:cache_interval=2",
+                                                  "diffusers:seacache:threshold=1.0")]
     pipe = bench.load_pipeline(folder)
     rows = bench.run_bench(pipe, settings, ["a blue square moving up slow"], [0], CALL, repeats=1, progress=False)
     by = {r.label: r for r in rows}
     assert by["diffusers:magcache:threshold=0.5"].speedup > 0
     assert by["diffusers:magcache:threshold=0.5"].computed.endswith("/12")
     assert by["diffusers:taylorseer:cache_interval=2"].computed == "-"  # attention-level: not countable
+    # SeaCache replaces the whole block stack on a reused pass: counted like FBCache and MagCache
+    sea = by["diffusers:seacache:threshold=1.0"]
+    assert sea.computed.endswith("/12") and float(sea.computed.split("/")[0]) < 12
 
 
 @pytest.mark.parametrize(
