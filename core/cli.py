@@ -210,7 +210,9 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
               help="folder for bench.json and bench.png")
 @click.option("--items", type=click.IntRange(1, 10000), default=300, show_default=True,
               help="tiny-vlm: held-out questions scored for accuracy")
-def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_dir, items):
+@click.option("--all-presets", is_flag=True,
+              help="add every built-in preset of the model (its extra quality targets too: a quality ladder)")
+def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_dir, items, all_presets):
     """Speed and quality of acceleration settings against full compute on one pipeline, or on a transformers model
     (--model tiny-vlm or smollm2: token strategies; prefill, decode, memory, accuracy or agreement)."""
     from pathlib import Path
@@ -229,9 +231,14 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
         click.echo(f"\nwrote {json_path} and {png_path}")
         return
 
+    names = get_registry().presets
     if not settings:  # a zoo model's built-in presets where they exist, else each strategy at its defaults
-        names = get_registry().presets
         settings = [f"preset:{model}-{s}" if f"{model}-{s}" in names else s for s in DEFAULT_BENCH]
+    if all_presets:
+        ladder = [f"preset:{n}" for n in sorted(names) if n.startswith(f"{model}-")]
+        if not ladder:
+            raise click.BadParameter(f"no built-in presets for model {model!r}", param_hint="--all-presets")
+        settings = list(settings) + [x for x in ladder if x not in settings]
     parsed = [b.parse_setting(x) for x in settings]
     if peers and not any(p.kind == "diffusers" for p in parsed):
         parsed += [b.parse_setting(x) for x in DEFAULT_PEERS]

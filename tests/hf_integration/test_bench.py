@@ -147,3 +147,26 @@ def test_peer_that_cannot_run_is_reported_and_the_others_run(folder, tmp_path, c
         bench.run_bench(pipe, [bench.parse_setting("diffusers:fastercache")], ["a blue square moving up slow"], [0],
                         CALL, repeats=1, progress=False)
     assert not getattr(pipe.transformer, "is_cache_enabled", False)  # nothing left installed after the error
+
+
+def test_all_presets_adds_the_models_quality_ladder(folder, monkeypatch, capsys):
+    from dynaccel.core.registry import get_registry
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(pipe, settings, *args, **kwargs):
+        seen["labels"] = [s.label for s in settings]
+        raise Stop
+
+    monkeypatch.setattr(bench, "run_bench", fake_run)
+    with pytest.raises(Stop):
+        main(["bench", "--model", "tiny-wan", "--no-peers", "-s", "fbcache:threshold=0.1", "--all-presets"])
+    ladder = sorted(f"preset:{n}" for n in get_registry().presets if n.startswith("tiny-wan-"))
+    assert seen["labels"] == ["fbcache:threshold=0.1", *ladder]
+    assert "preset:tiny-wan-taylorseer-56db" in ladder and "preset:tiny-flux-teacache" not in ladder
+    with pytest.raises(SystemExit) as exc:  # a folder that is no zoo model has no built-in presets
+        main(["bench", "--model", str(folder), "--all-presets"])
+    assert exc.value.code == 2 and "no built-in presets for model" in capsys.readouterr().err
