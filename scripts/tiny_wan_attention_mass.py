@@ -38,7 +38,8 @@ class Router:
         return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 for i, blk in enumerate(pipe.transformer.blocks):
     blk.attn1.set_processor(WanSparseProcessor(blk.attn1.processor, Router(), i))
-pipe("a red ball bouncing", output_type="latent", **{k: v for k, v in call.items() if k != "output_type"})
+pipe("a red ball bouncing", output_type="latent", generator=torch.Generator().manual_seed(0),
+     **{k: v for k, v in call.items() if k != "output_type"})
 for (bs, tile), r in rec.items():
     print(f"block {bs}, {'x'.join(map(str, tile))} tiles ({320 // bs} blocks):")
     for d, v in r.items():
