@@ -33,7 +33,7 @@ import torch
 
 from ...core.adapters import SELF_ATTENTION
 from ...core.config import StrategyConfig, option
-from ...core.errors import DynaccelError
+from ...core.errors import ConfigError, DynaccelError
 from ...core.strategy import Handle, RunProbe, Strategy
 from . import kernels
 from .masks import MaskPlan
@@ -44,7 +44,8 @@ class SparseAttentionConfig(StrategyConfig):
     """Options every sparse-attention strategy has."""
 
     block_size: int = option(
-        64, doc="tokens per block of the block-sparse kernel (GPU: 64 or 128; tiny models: 16)", choices=(16, 32, 64, 128)
+        64, doc="tokens per block of the block-sparse kernel (GPU: 64 or 128; tiny models: 16, or 8 for a finer "
+        "selection: the torch path only, 'auto' picks it)", choices=(8, 16, 32, 64, 128),
     )
     dense_steps: int = option(
         0, doc="the first N denoising steps run dense attention (warm-up); a value >= the step count keeps it dense",
@@ -59,6 +60,13 @@ class SparseAttentionConfig(StrategyConfig):
         "as one key row weighted by its token count (about 1/block_size of the skipped work)",
         choices=kernels.REMAINDERS,
     )
+
+    def validate(self) -> None:
+        if self.backend == "triton" and self.block_size < kernels.TRITON_MIN_BLOCK:
+            raise ConfigError(
+                f"option 'block_size': got {self.block_size!r} with backend='triton'; accepted: block_size >= "
+                f"{kernels.TRITON_MIN_BLOCK} for the Triton kernel (its tl.dot tiles), or backend 'torch' or 'auto'"
+            )
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Block-sparse attention: a Triton forward kernel, a fast torch path and a dense masked reference.
 
-The sequence is cut into blocks of ``block_size`` tokens (queries and keys alike). A boolean block mask of shape
+The sequence is cut into blocks of ``block_size`` tokens (queries and keys alike; a power of two, at least 16 for
+the Triton kernel, at least 8 for the torch path and the reference). A boolean block mask of shape
 ``(B or 1, H or 1, ceil(Sq / block_size), ceil(Sk / block_size))`` says which key blocks each query block may
 attend to; every token of an allowed block is attended, every token of a refused block is not. Keys at positions
 ``>= kv_len[b]`` (text padding) are never attended. A query row with no allowed key gets zeros.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +82,10 @@ def _stages(block: int, block_d: int, elem: int) -> int:
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 #: what happens to the key blocks a mask refuses (see the module docstring)
 REMAINDERS = ("drop", "pooled")
+#: smallest block of the torch path and the reference (tiny models: 8-token blocks give a finer selection)
+MIN_BLOCK = 8
+#: smallest block of the Triton kernel: its tl.dot tiles need at least 16 rows and columns
+TRITON_MIN_BLOCK = 16
 #: the torch path processes this many (query block x allowed key) score elements at once, at most
 _GATHER_CHUNK_ELEMS = 1 << 24
 
@@ -101,8 +107,8 @@ def _check(q, k, v, block_mask, block_size, kv_len, remainder="drop"):
         raise ValueError(
             f"{name}: dtypes {q.dtype}, {k.dtype}, {v.dtype}; accepted: one of float16, bfloat16, float32 for all"
         )
-    if not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"{name}: block_size={block_size!r}; accepted: a power of two >= 16")
+    if not isinstance(block_size, int) or block_size < MIN_BLOCK or block_size & (block_size - 1):
+        raise ValueError(f"{name}: block_size={block_size!r}; accepted: a power of two >= {MIN_BLOCK}")
     b, h, sq, _ = q.shape
     sk = k.shape[2]
     nq, nk = -(-sq // block_size), -(-sk // block_size)
@@ -289,8 +295,9 @@ def block_sparse_attention_torch(
     for s in range(0, nq, chunk):
         e = min(nq, s + chunk)
         sel = idx[:, s:e]  # (BH, c, maxk)
-        kg = kb[rows, sel].reshape(b * h, e - s, maxk * bs, d)
-        vg = vb[rows, sel].reshape(b * h, e - s, maxk * bs, d)
+        flat = (rows * nk + sel).reshape(-1)  # index_select on the flattened blocks: faster than kb[rows, sel]
+        kg = kb.reshape(b * h * nk, bs, d).index_select(0, flat).reshape(b * h, e - s, maxk * bs, d)
+        vg = vb.reshape(b * h * nk, bs, d).index_select(0, flat).reshape(b * h, e - s, maxk * bs, d)
         ok = slot_ok[:, s:e, :, None] & (tok[sel] < limit[:, None, None, None])  # (BH, c, maxk, bs)
         scores = torch.matmul(qb[:, s:e], kg.transpose(-1, -2)) * scale  # (BH, c, bs, maxk*bs)
         scores = scores.masked_fill(~ok.reshape(b * h, e - s, 1, maxk * bs), float("-inf"))
@@ -430,6 +437,11 @@ def block_sparse_attention_triton(
         raise KernelBackendError("block_sparse_attention: triton does not import")
     block_mask, idx, cnt = _split(block_mask)
     _check(q, k, v, block_mask, block_size, kv_len, remainder)
+    if block_size < TRITON_MIN_BLOCK:
+        raise KernelBackendError(
+            f"block_sparse_attention: block_size={block_size} with backend 'triton'; the Triton kernel accepts a "
+            f"power of two >= {TRITON_MIN_BLOCK} (its tl.dot tiles); smaller blocks run on backend 'torch' (or 'auto')"
+        )
     b, h, sq, d = q.shape
     sk = k.shape[2]
     if d > 256:
@@ -504,7 +516,14 @@ def block_sparse_attention(
         mask = torch.rand(1, 2, 16, 16) < 0.2        # ceil(1000 / 64) = 16 blocks each way
         out = block_sparse_attention(q, k, v, mask, 64)   # (1, 2, 1000, 64)
         approx = block_sparse_attention(q, k, v, mask, 64, remainder="pooled")  # refused blocks pooled, not dropped
+
+    Blocks smaller than 16 tokens (8: tiny models) run on the torch path: ``"auto"`` picks it quietly,
+    ``backend="triton"`` raises.
     """
+    if isinstance(block_size, int) and block_size < TRITON_MIN_BLOCK and backend == "auto":
+        # an automatic choice falls back quietly; DYNACCEL_KERNEL_BACKEND=triton is an explicit one (it raises)
+        if os.environ.get("DYNACCEL_KERNEL_BACKEND", "auto") != "triton":
+            backend = "torch"
     return dispatch(
         block_sparse_attention_triton, block_sparse_attention_torch, q, k, v,
         backend=backend, block_mask=block_mask, block_size=block_size, kv_len=kv_len, scale=scale,

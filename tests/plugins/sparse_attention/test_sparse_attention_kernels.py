@@ -114,8 +114,8 @@ def test_fully_padded_sample_gives_zeros_in_every_path():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(block_size=24), r"block_size=24; accepted: a power of two >= 16"),
-        (dict(block_size=8), r"block_size=8"),
+        (dict(block_size=24), r"block_size=24; accepted: a power of two >= 8"),
+        (dict(block_size=4), r"block_size=4; accepted: a power of two >= 8"),
         (dict(mask_shape=(1, 1, 3, 2)), r"block_mask shape \(1, 1, 3, 2\); accepted: \(1 or 1, 2 or 1, 3, 3\)"),
         (dict(mask_dtype=torch.int8), r"block_mask must be a 4-D bool tensor"),
         (dict(k_dtype=torch.float16), r"dtypes torch.float32, torch.float16"),
@@ -127,6 +127,8 @@ def test_bad_inputs_are_refused_with_the_value_and_what_is_accepted(kwargs, matc
     q = torch.randn(1, 2, 40, 32)
     k = torch.randn(1, 2, 40, 32).to(kwargs.get("k_dtype", torch.float32))
     mask = torch.ones(kwargs.get("mask_shape", (1, 1, 3, 3))).to(kwargs.get("mask_dtype", torch.bool))
+    if kwargs.get("block_size") == 4:
+        mask = torch.ones(1, 1, 10, 10, dtype=torch.bool)
     with pytest.raises(ValueError, match=match):
         kernels.block_sparse_attention(
             q, k, k, mask, kwargs.get("block_size", 16), kv_len=kwargs.get("kv_len"), backend="torch"
@@ -266,3 +268,81 @@ def test_gpu_kernel_matches_reference(dtype):
     got = kernels.block_sparse_attention(q, k, v, mask, 64)
     ref = kernels.block_sparse_attention_reference(q, k, v, mask, 64)
     torch.testing.assert_close(got.float(), ref.float(), **ATTN_TOL[dtype])
+
+
+# ---- 8-token blocks (tiny models: a finer selection): the torch path and the reference; Triton needs >= 16
+
+SHAPES_8 = [(1, 2, 50, 50, 32, 8), (2, 1, 37, 45, 16, 8), (1, 4, 328, 328, 32, 8)]  # the last: tiny-wan's size
+CASES_8 = [
+    pytest.param(s, dt, rem, id=f"{_id(s)}-{n}-{rem}") for s in SHAPES_8 for n, dt in DTYPES.items()
+    for rem in kernels.REMAINDERS
+]
+
+
+@pytest.mark.parametrize(("shape", "dtype", "remainder"), CASES_8)
+def test_block_8_torch_path_matches_reference(shape, dtype, remainder):
+    q, k, v = _inputs(shape, dtype, "blk8")
+    mask = _mask(shape, 0.4, _seed("blk8-mask", shape, dtype))
+    mask[0, 0, 1] = False  # a query block with no exact key block
+    kv_len = torch.tensor([shape[3] - 3] + [shape[3]] * (shape[0] - 1))  # a partly padded last block
+    got = kernels.block_sparse_attention(q, k, v, mask, 8, kv_len=kv_len, backend="auto", remainder=remainder)
+    ref = kernels.block_sparse_attention_reference(q, k, v, mask, 8, kv_len=kv_len, remainder=remainder)
+    assert got.dtype == dtype and got.shape == q.shape
+    torch.testing.assert_close(got.float(), ref.float(), **ATTN_TOL[dtype])
+    rows = got[0, 0, 8:16]
+    assert (torch.count_nonzero(rows) == 0) == (remainder == "drop")  # dropped: zeros; pooled: the pooled keys
+
+
+def test_block_8_masks_act_on_8_token_blocks():
+    # query block 0 (rows 0-7) may see key block 1 only (keys 8-15): plain attention over those 8 keys
+    q, k, v = _inputs((1, 1, 32, 32, 16, 8), torch.float32, "blk8-one")
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 0, 1] = True
+    mask[0, 0, 1:] = True
+    want = torch.nn.functional.scaled_dot_product_attention(q[:, :, :8], k[:, :, 8:16], v[:, :, 8:16])
+    for fn in (kernels.block_sparse_attention_torch, kernels.block_sparse_attention_reference):
+        out = fn(q, k, v, mask, 8)
+        torch.testing.assert_close(out[:, :, :8], want, **ATTN_TOL[torch.float32])
+        torch.testing.assert_close(out[:, :, 8:], torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, :, 8:],
+                                   **ATTN_TOL[torch.float32])
+
+
+def test_block_8_pooled_reference_matches_the_definition_written_out():
+    shape = (1, 2, 30, 37, 16, 8)
+    q, k, v = _inputs(shape, torch.float32, "blk8-def")
+    mask = _mask(shape, 0.4, 5)
+    kv_len = torch.tensor([33])
+    got = kernels.block_sparse_attention_reference(q, k, v, mask, 8, kv_len=kv_len, remainder="pooled")
+    torch.testing.assert_close(got.double(), _pooled_by_hand(q, k, v, mask, 8, kv_len), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("remainder", kernels.REMAINDERS)
+def test_block_8_full_mask_is_dense_attention(remainder):
+    q, k, v = _inputs((1, 2, 45, 45, 32, 8), torch.float32, "blk8-full")
+    full = torch.ones(1, 1, 6, 6, dtype=torch.bool)
+    got = kernels.block_sparse_attention(q, k, v, full, 8, remainder=remainder)
+    torch.testing.assert_close(got, torch.nn.functional.scaled_dot_product_attention(q, k, v), **ATTN_TOL[torch.float32])
+
+
+@pytest.mark.usefixtures("needs_triton")
+def test_block_8_triton_is_refused_and_auto_falls_back_to_the_torch_path(monkeypatch):
+    from dynaccel.core.errors import KernelBackendError
+    from dynaccel.kernels import dispatch as dispatch_mod
+
+    q, k, v = _inputs((1, 2, 40, 40, 32, 8), torch.float32, "blk8-auto")
+    mask = _mask((1, 2, 40, 40, 32, 8), 0.5, 3)
+    with pytest.raises(KernelBackendError, match=r"block_size=8 with backend 'triton'.*power of two >= 16"):
+        kernels.block_sparse_attention(q, k, v, mask, 8, backend="triton")
+    # pretend the tensors could run Triton (as on CUDA): 'auto' still takes the torch path for 8-token blocks
+    monkeypatch.setattr(dispatch_mod, "_why_not_triton", lambda tensors, allow_interpreter: None)
+    called = []
+    real = kernels.block_sparse_attention_triton
+    monkeypatch.setattr(kernels, "block_sparse_attention_triton", lambda *a, **kw: called.append(1) or real(*a, **kw))
+    got = kernels.block_sparse_attention(q, k, v, mask, 8)
+    assert not called and torch.equal(got, kernels.block_sparse_attention_torch(q, k, v, mask, 8))
+    mask16 = _mask((1, 2, 40, 40, 32, 16), 0.5, 3)
+    kernels.block_sparse_attention(q, k, v, mask16, 16)
+    assert called  # 16-token blocks do go to Triton
+    monkeypatch.setenv("DYNACCEL_KERNEL_BACKEND", "triton")  # an explicit choice through the environment: refused
+    with pytest.raises(KernelBackendError, match=r"block_size=8"):
+        kernels.block_sparse_attention(q, k, v, mask, 8)

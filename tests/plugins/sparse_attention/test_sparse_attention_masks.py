@@ -23,14 +23,18 @@ def test_tile_order_is_a_permutation_and_keeps_tiles_contiguous():
 
 
 @pytest.mark.parametrize("radius", [(0, 0, 0), (0, 1, 0), (1, 1, 1), (1, 0, 1)], ids=lambda r: "R" + "x".join(map(str, r)))
-def test_sliding_tile_window_and_density(radius):
-    grid, tile = (4, 12, 8), (1, 4, 4)  # 4 x 3 x 2 tiles of 16 tokens
-    plan = masks.sliding_tile_mask(grid, tile, radius, 16)
+@pytest.mark.parametrize(
+    ("tile", "block"), [((1, 4, 4), 16), ((1, 2, 4), 8), ((2, 2, 2), 8)], ids=["T1x4x4-B16", "T1x2x4-B8", "T2x2x2-B8"]
+)
+def test_sliding_tile_window_and_density(radius, tile, block):
+    grid = (4, 12, 8)  # e.g. 4 x 3 x 2 tiles of 16 tokens, or 4 x 6 x 2 / 2 x 6 x 4 tiles of 8
+    plan = masks.sliding_tile_mask(grid, tile, radius, block)
+    assert plan.block_mask.shape == (1, 384 // block, 384 // block)
     t = _block_coords(plan, grid, tile)
     expected = ((t[:, None, :] - t[None, :, :]).abs() <= torch.tensor(radius)).all(-1)
     assert torch.equal(plan.block_mask[0], expected)
     # density from the window sizes, clipped at the edges, dimension by dimension
-    n = (4, 3, 2)
+    n = tuple(g // u for g, u in zip(grid, tile))
     per_dim = [sum(min(i + r, m - 1) - max(i - r, 0) + 1 for i in range(m)) / m**2 for m, r in zip(n, radius)]
     assert plan.density == pytest.approx(per_dim[0] * per_dim[1] * per_dim[2])
 
@@ -77,6 +81,18 @@ def test_radial_wider_window_halves_by_octave():
     assert torch.equal(m[d >= 4], (gap == 0)[d >= 4])
 
 
+def test_radial_at_block_8_keeps_the_same_position_at_long_distance():
+    grid = (9, 8, 8)  # one frame = 4 x 2 tiles of 2 x 4 = 8 blocks of 8
+    plan = masks.radial_mask(grid, (2, 4), window=1, dense_frames=1, block_size=8)
+    c = _block_coords(plan, grid, (1, 2, 4))
+    d = (c[:, None, 0] - c[None, :, 0]).abs()
+    gap = (c[:, None, 1:] - c[None, :, 1:]).abs().amax(-1)
+    m = plan.block_mask[0]
+    assert m.shape == (72, 72) and m[d <= 1].all()
+    assert torch.equal(m[d >= 2], (gap == 0)[d >= 2])
+    assert m[d == 8].float().mean().item() == pytest.approx(1 / 8)
+
+
 def test_radial_dense_frames_cover_everything():
     assert masks.radial_mask((5, 8, 8), (4, 4), 0, 4, 16).block_mask.all()
 
@@ -88,6 +104,18 @@ def test_svg_spatial_mask_is_block_diagonal_by_frame():
     assert torch.equal(plan.block_mask[0], frame[:, None] == frame[None, :])
     assert plan.density == pytest.approx(1 / 4)
     assert masks.spatial_head_mask(grid, 1000, 16).block_mask.all()
+
+
+def test_svg_masks_at_block_8():
+    grid = (4, 4, 4)  # 16 tokens per frame = 2 blocks of 8; spatial-major: one block = 2 positions x 4 frames
+    spatial = masks.spatial_head_mask(grid, 0, 8)
+    frame = torch.arange(8) // 2
+    assert torch.equal(spatial.block_mask[0], frame[:, None] == frame[None, :]) and spatial.density == 0.25
+    temporal = masks.temporal_head_mask(grid, 0, 8)
+    c = masks.raster_coords(grid)[temporal.order].reshape(8, 8, 3)
+    for blk in c:
+        assert len({(int(h), int(w)) for _, h, w in blk}) == 2 and sorted(set(blk[:, 0].tolist())) == [0, 1, 2, 3]
+    assert torch.equal(temporal.block_mask[0], torch.eye(8, dtype=torch.bool))
 
 
 def test_svg_temporal_mask_groups_all_frames_of_a_position():

@@ -189,7 +189,9 @@ def test_composes_with_teacache_in_one_pipeline(arch_of):
 @pytest.mark.parametrize(
     ("strategy", "kwargs", "match"),
     [
-        ("sliding_tile", dict(block_size=24), r"option 'block_size': got 24 .*accepted: one of 16, 32, 64, 128"),
+        ("sliding_tile", dict(block_size=24), r"option 'block_size': got 24 .*accepted: one of 8, 16, 32, 64, 128"),
+        ("pasa", dict(block_size=8, backend="triton"),
+         r"option 'block_size': got 8 with backend='triton'; accepted: block_size >= 16 .*or backend 'torch' or 'auto'"),
         ("sliding_tile", dict(radius_frames=-1), r"option 'radius_frames': got -1 .*accepted: int with 0 <= radius_frames"),
         ("radial", dict(window=1.5), r"option 'window': got 1.5 \(type float\)"),
         ("svg", dict(sample_rows=0), r"option 'sample_rows': got 0"),
@@ -197,7 +199,7 @@ def test_composes_with_teacache_in_one_pipeline(arch_of):
         ("pasa", dict(budget=0.3), r"unknown option 'budget' for strategy 'pasa'"),
         ("svg", dict(backend="cuda"), r"option 'backend': got 'cuda' .*one of 'auto', 'triton', 'torch'"),
     ],
-    ids=["block", "radius", "window-type", "rows", "density", "unknown", "backend"],
+    ids=["block", "block8-triton", "radius", "window-type", "rows", "density", "unknown", "backend"],
 )
 def test_bad_config_is_refused_and_leaves_the_model_unchanged(arch_of, strategy, kwargs, match):
     a = arch_of("wan")
@@ -368,3 +370,75 @@ def test_density_per_run_keeps_one_entry_per_generation(arch_of):
     runs = h.stats["density_per_run"]
     assert len(runs) == 2 and runs[0] == pytest.approx(first) and runs[1] == pytest.approx(h.stats["mean_density"])
     assert h.stats["work_per_run"] == pytest.approx(runs)  # remainder="drop": no pooled rows
+
+
+# ---- 8-token blocks (a finer selection for tiny models; the torch path)
+
+
+def enable8(a, strategy, **kw):
+    return dynaccel.enable_accel(a.target, strategy, block_size=8, **kw)
+
+
+# 8-token tiles: 1x2x4 for the static patterns, 2x2x2 for pasa (the tiny-wan pick)
+TILES_8 = {
+    "sliding_tile": dict(tile_frames=1, tile_height=2, tile_width=4),
+    "radial": dict(tile_height=2, tile_width=4),
+    "svg": dict(),
+    "pasa": dict(tile_frames=2, tile_height=2, tile_width=2),
+}
+
+
+@pytest.mark.parametrize("arch,strategy", CASES)
+def test_block_8_dense_setting_is_bit_identical(arch_of, arch, strategy):
+    a = arch_of(arch)
+    h = enable8(a, strategy, **TILES_8[strategy], **DENSE[strategy])
+    assert torch.equal(a.run(), a.baseline) and h.stats["sparse_calls"] == 0
+
+
+@pytest.mark.parametrize("arch,strategy", CASES)
+@pytest.mark.parametrize("remainder", ["drop", "pooled"])
+def test_block_8_sparse_path_with_a_full_mask_matches_dense_within_tolerance(arch_of, arch, strategy, remainder):
+    a = arch_of(arch)
+    h = enable8(a, strategy, remainder=remainder, **TILES_8[strategy], **DENSE[strategy])
+    next(iter(h.parts.values())).engine.policy.full = lambda grid, step: False
+    out = a.run()
+    assert h.stats["sparse_calls"] > 0 and h.stats["mean_density"] == pytest.approx(1.0)
+    torch.testing.assert_close(out, a.baseline, **FORCED_TOL)
+
+
+@pytest.mark.parametrize("arch,strategy", CASES)
+def test_block_8_sparse_setting_skips_blocks_and_disable_restores(arch_of, arch, strategy):
+    a = arch_of(arch)
+    before = a.processors()
+    h = enable8(a, strategy, remainder="pooled", **TILES_8[strategy], **SPARSE[strategy])
+    out = a.run()
+    s = h.stats
+    assert s["sparse_calls"] > 0 and 0 < s["mean_density"] < 0.9
+    # one pooled key row per skipped block of 8 keys
+    assert s["mean_work"] == pytest.approx(s["mean_density"] + (1 - s["mean_density"]) / 8)
+    assert not torch.equal(out, a.baseline) and torch.isfinite(out).all()
+    dynaccel.disable_accel(a.target)
+    assert a.processors() == before and torch.equal(a.run(), a.baseline)
+
+
+@pytest.mark.parametrize("arch", ["wan", "hunyuan"])
+def test_block_8_pasa_keeps_its_share_of_8_token_blocks_per_row(arch_of, arch, monkeypatch):
+    from dynaccel.plugins.sparse_attention import engine as engine_mod
+
+    seen = []
+    real = engine_mod.SparseAttentionEngine._run_pass
+
+    def spy(self, p, *args):
+        seen.append((p.plan.block_size, p.block_mask))
+        return real(self, p, *args)
+
+    monkeypatch.setattr(engine_mod.SparseAttentionEngine, "_run_pass", spy)
+    a = arch_of(arch)
+    nv_blocks = {"wan": 192, "hunyuan": 256}[arch] // 8  # (3, 8, 8) and (4, 8, 8) grids
+    enable8(a, "pasa", density=0.25, max_density=0.25, **TILES_8["pasa"])
+    a.run()
+    assert seen and all(bs == 8 for bs, _ in seen)
+    keep = -(-nv_blocks // 4)  # ceil(0.25 * blocks)
+    for _, m in seen:
+        assert m.shape[-2] == nv_blocks and (m[..., :nv_blocks].sum(-1) == keep).all()
+        assert m[..., nv_blocks:].all()  # text key blocks always attended
