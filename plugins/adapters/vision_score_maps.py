@@ -50,6 +50,7 @@ class VisionScoreMap:
         return [] if self.tower is None else [(self.tower, "pre", self._on_tower)]
 
     def _on_tower(self, module, args, kwargs):
+        del self.calls[:-3]  # encodings no prefill consumed (a prompt holds at most images and a video): drop them
         self.calls.append({"scores": [], "args": args, "kwargs": kwargs})
         return None
 

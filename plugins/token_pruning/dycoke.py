@@ -11,7 +11,8 @@ arXiv 2411.15024. Two training-free stages:
    the cached visual entries; layers from ``kv_layer`` on attend to the best ``kv_keep_ratio`` of them only (plus
    every text entry). The cache keeps all entries, so a visual token dropped at one step can return at the next.
 
-Frames are the video frames of Qwen2-VL (``video_grid_thw``) or, on Llava, the images of a multi-image prompt.
+Frames are the video frames of Qwen2-VL (``video_grid_thw``), LLaVA-OneVision's pooled video frames (the newline
+token after the video is no frame's and stays) or, on Llava, the images of a multi-image prompt.
 ``keep_ratio=1`` and ``kv_keep_ratio=1`` change nothing.
 """
 

@@ -4,7 +4,10 @@ Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language M
 Dominant tokens are the ones the vision encoder attends to most: the class token's attention in the layer whose
 output feeds the projector (CLIP towers), or the attention each token receives, averaged over queries (towers
 without a class token, e.g. Qwen2-VL's, summed over each merged 2x2 patch group); these scores are computed in that
-encoder layer by the query-row kernel, never from a materialised map of the whole model. The remaining visual tokens
+encoder layer by the query-row kernel, never from a materialised map of the whole model. The model adapter's score
+map puts them where the VLM puts the tokens (``plugins/adapters/vision_score_maps.py``): Qwen2.5-VL's window order is
+undone, LLaVA-OneVision's anyres packing (unpadding, downsizing, newline tokens) and video pooling are applied to the
+scores as to the features; newline tokens have no score and stay. The remaining visual tokens
 are merged: ``contextual`` of the kept budget goes to evenly spaced target tokens, each other token is averaged
 into its most similar target (cosine similarity of the projected features; the paper uses the encoder's keys).
 The LLM then runs on ``keep_ratio`` of the visual tokens from its first layer on, at their original positions.
