@@ -220,7 +220,8 @@ class OnevisionVisionScoreMap(VisionScoreMap):
             )
         return scores
 
-    def _check(self, what: str, packed: torch.Tensor, target: torch.Tensor) -> bool:
+    def _check(self, packed: torch.Tensor, target: torch.Tensor) -> bool:
+        """Our packing of the projected tower features reproduces the features the model placed in the prompt."""
         packed, target = packed.float(), target.float()
         scale = float(target.abs().max()) if target.numel() else 1.0
         return packed.shape == target.shape and bool(torch.allclose(packed, target, rtol=1e-3, atol=1e-4 * max(scale, 1.0)))
@@ -261,7 +262,7 @@ class OnevisionVisionScoreMap(VisionScoreMap):
         flat, flags = torch.cat(flat), torch.cat(flags)
         if "features" in call:
             feats = self._pool(call["features"]).reshape(videos, -1, target.shape[-1])
-            if not self._check("video", feats.reshape(-1, target.shape[-1]), target[flags.to(target.device)].reshape(-1, target.shape[-1])):
+            if not self._check(feats.reshape(-1, target.shape[-1]), target[flags.to(target.device)].reshape(-1, target.shape[-1])):
                 raise UnsupportedModelError("visionzip: LLaVA-OneVision video features are not the pooled tower frames; cannot map the scores")
         self.layouts.append(f"video: {videos} x {per_video} frames x {per_frame} pooled tokens + newline")
         return flat, flags
@@ -347,7 +348,7 @@ class OnevisionVisionScoreMap(VisionScoreMap):
                     continue
                 if feats is not None:
                     mine = layout.pack(feats[tile:tile + layout.tiles], side, newline)
-                    if not self._check("image", mine, target[offset:offset + n]):
+                    if not self._check(mine, target[offset:offset + n]):
                         continue
                 chosen = layout
                 break

@@ -177,14 +177,16 @@ def test_an_image_packing_the_config_does_not_describe_is_refused(onevision, one
 
 
 @pytest.mark.parametrize(
-    "change, error, message",
+    "name, change, error, message",
     [
-        (dict(keep_ratio=0.0), dynaccel.ConfigError, r"option 'keep_ratio': got 0.0"),
-        (dict(keep_ratio=1.5), dynaccel.ConfigError, r"option 'keep_ratio': got 1.5"),
-        ("feature_layers", dynaccel.UnsupportedModelError, r"several tower layers \(vision_feature_layer=\[-2, -1\]\); accepted: one int"),
+        ("visionzip", dict(keep_ratio=0.0), dynaccel.ConfigError, r"option 'keep_ratio': got 0.0"),
+        ("visionzip", dict(keep_ratio=1.5), dynaccel.ConfigError, r"option 'keep_ratio': got 1.5"),
+        ("visionzip", "feature_layers", dynaccel.UnsupportedModelError, r"several tower layers \(vision_feature_layer=\[-2, -1\]\); accepted: one int"),
+        ("dycoke", dict(kv_layer=6), dynaccel.ConfigError, r"option 'kv_layer': got 6 \(the model has 6 decoder layers\)"),
+        ("dycoke", dict(keep_ratio=0.0), dynaccel.ConfigError, r"option 'keep_ratio': got 0.0"),
     ],
 )
-def test_bad_visionzip_input_is_refused_and_leaves_the_model_unchanged(onevision, change, error, message):
+def test_bad_input_is_refused_and_leaves_the_model_unchanged(onevision, name, change, error, message):
     model, make = onevision
     x = make((20, 17))
     seq, scores, _ = generate(model, x, n=2)
@@ -195,10 +197,13 @@ def test_bad_visionzip_input_is_refused_and_leaves_the_model_unchanged(onevision
         cfg = change
     try:
         with pytest.raises(error, match=message):
-            model.enable_accel("visionzip", **cfg)
+            model.enable_accel(name, **cfg)
     finally:
         model.config.vision_feature_layer = -1
     assert dynaccel.accel_stats(model) == {}
+    for m in model.modules():
+        assert not [h for h in list(m._forward_pre_hooks.values()) + list(m._forward_hooks.values())
+                    if getattr(h, "__module__", "").startswith("dynaccel")]
     assert model.config.get_text_config()._attn_implementation == "sdpa" and model.config.vision_config._attn_implementation == "sdpa"
     s2, sc2, _ = generate(model, x, n=2)
     assert torch.equal(s2, seq) and torch.equal(sc2, scores)

@@ -154,3 +154,16 @@ def test_qwen2_5_vl_visionzip_on_video_frames(qwen25):
     model.disable_accel()
     s3, sc3 = generate(model, x)
     assert torch.equal(s3, seq) and torch.equal(sc3, scores)
+
+
+@pytest.mark.parametrize("cfg, message", [(dict(keep_ratio=0.0), r"option 'keep_ratio': got 0.0"), (dict(keep_ratio=2.0), r"option 'keep_ratio': got 2.0")])
+def test_qwen2_5_vl_bad_visionzip_input_is_refused_and_leaves_the_model_unchanged(qwen25, cfg, message):
+    model, make = qwen25
+    x = make((20, 17))
+    seq, scores = generate(model, x, n=2)
+    with pytest.raises(dynaccel.ConfigError, match=message):
+        model.enable_accel("visionzip", **cfg)
+    assert dynaccel.accel_stats(model) == {}
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    s2, sc2 = generate(model, x, n=2)
+    assert torch.equal(s2, seq) and torch.equal(sc2, scores)
