@@ -168,6 +168,12 @@ class ModelAdapter:
         over the queries); ``group`` encoder tokens make one LLM token (patch merging)."""
         raise NotImplementedError
 
+    def vision_score_map(self) -> Any:
+        """A recorder that maps the vision encoder's token scores onto the LLM's visual tokens (see
+        ``plugins/adapters/vision_score_maps.py``), for architectures whose packing is not one score per visual
+        token in prompt order; None: that default, built from :meth:`vision_score_layer`."""
+        return None
+
     def frame_attention_module(self) -> tuple[torch.nn.Module, int] | None:
         """(attention module, tokens per LLM token) of a vision-encoder layer that attends within one frame per
         call, when frame sizes must be read from those calls; None when :meth:`visual_frames` needs none."""

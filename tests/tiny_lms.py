@@ -143,9 +143,11 @@ def tiny_qwen2_5_vl(attn: str = "sdpa", seed: int = 0):
     return model, inputs
 
 
-def tiny_llava_onevision(attn: str = "sdpa", seed: int = 0):
-    """LLaVA-OneVision with a tiny SigLIP tower and a Qwen2 LM, fed a video: 4 frames of 32x32, 8x8 patches pooled
-    2x2 -> 4 tokens per frame, plus the newline token: 17 video tokens."""
+def tiny_llava_onevision(attn: str = "sdpa", seed: int = 0, aspect: str = "anyres_max_9"):
+    """LLaVA-OneVision with a tiny SigLIP tower and a Qwen2 LM. Video prompts: 4 frames of 32x32, 8x8 patches pooled
+    2x2 -> 4 tokens per frame, plus the newline token: 17 video tokens. Image prompts (``image_sizes``): anyres
+    tiles of 32x32 (4x4 tokens each) on grid pinpoints up to 64x64, packed by the model (base tile, unpadded grid,
+    a newline token per row; ``aspect`` "anyres_max_1" makes the model downsize every 2x2 grid)."""
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
 
     torch.manual_seed(seed)
@@ -153,14 +155,31 @@ def tiny_llava_onevision(attn: str = "sdpa", seed: int = 0):
                                 image_size=32, patch_size=8)
     text = Qwen2Config(**_text_kwargs())
     cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
-                               video_token_index=VIDEO_TOKEN, vision_feature_layer=-1, attn_implementation=attn)
+                               video_token_index=VIDEO_TOKEN, vision_feature_layer=-1, attn_implementation=attn,
+                               image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]], vision_aspect_ratio=aspect)
     model = _finish(LlavaOnevisionForConditionalGeneration(cfg), attn)
 
-    def inputs(lengths=(20,), seed=0, frames=4):
+    def inputs(lengths=(20,), seed=0, frames=4, image_sizes=None):
+        """A video of ``frames`` frames per prompt, or (``image_sizes``, one (height, width) per prompt) one image."""
         gen = torch.Generator().manual_seed(seed)
-        rows = [torch.cat([torch.tensor([1]), _ids(gen, 2), torch.full((4 * frames + 1,), VIDEO_TOKEN), _ids(gen, n - 3)])
-                for n in lengths]
+        if image_sizes is None:
+            counts = [4 * frames + 1] * len(lengths)
+        else:
+            from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+            sizes = torch.tensor(image_sizes)
+            tiles = [image_size_to_num_patches(s, cfg.image_grid_pinpoints, 32) for s in sizes]
+            pixels = torch.zeros((len(lengths), max(tiles), 3, 32, 32))
+            for i, t in enumerate(tiles):
+                pixels[i, :t] = torch.randn((t, 3, 32, 32), generator=gen)
+            with torch.no_grad():  # the model's own packing tells how many placeholders each image fills
+                counts = [len(f) for f in model.model.get_image_features(pixels, sizes).pooler_output]
+        token = VIDEO_TOKEN if image_sizes is None else IMAGE_TOKEN
+        rows = [torch.cat([torch.tensor([1]), _ids(gen, 2), torch.full((c,), token), _ids(gen, n - 3)])
+                for n, c in zip(lengths, counts)]
         ids, mask = _pad_left(rows)
+        if image_sizes is not None:
+            return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "image_sizes": sizes}
         pixels = torch.randn((len(lengths), frames, 3, 32, 32), generator=gen)
         return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pixels}
 

@@ -8,6 +8,7 @@ placeholder ids the VLM replaces with image or video features).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +21,8 @@ from ...core.adapters import (
     ModelAdapter,
     class_name_matches,
 )
+from ...core.errors import UnsupportedModelError
+from .vision_score_maps import OnevisionVisionScoreMap, QwenVisionScoreMap, VisionScoreMap
 
 
 class CausalLMAdapter(ModelAdapter):
@@ -54,7 +57,7 @@ class VisionLanguageAdapter(CausalLMAdapter):
     model replaces with visual features (``config.image_token_id`` / ``config.video_token_id``)."""
 
     name = "transformers-vlm"
-    architectures = ("LlavaOnevisionForConditionalGeneration",)
+    architectures: ClassVar[tuple[str, ...]] = ()  # a base: the adapters below name their architectures
     capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS})
 
     def decoder_stack(self) -> torch.nn.Module:
@@ -76,6 +79,14 @@ class VisionLanguageAdapter(CausalLMAdapter):
 
     def vision_config(self) -> Any:
         return self.model.config.vision_config
+
+    def vision_tower_module(self) -> torch.nn.Module | None:
+        """The vision encoder; one forward of it is one encoding call (images, or a video)."""
+        return getattr(self.model.model, "vision_tower", None)
+
+    def vision_score_map(self) -> VisionScoreMap:
+        module, kind, group = self.vision_score_layer()
+        return VisionScoreMap(self, module, kind, group, self.vision_tower_module())
 
 
 def _runs(positions: torch.Tensor, size: int) -> torch.Tensor | None:
@@ -101,7 +112,10 @@ class LlavaAdapter(VisionLanguageAdapter):
         layers = self._tower_layers()
         vfl = cfg.vision_feature_layer
         if not isinstance(vfl, int):
-            raise NotImplementedError("several vision feature layers")
+            raise UnsupportedModelError(
+                f"visionzip ranks the tokens by one tower layer's attention; this model concatenates the features of "
+                f"several tower layers (vision_feature_layer={vfl!r}); accepted: one int"
+            )
         index = len(layers) + vfl if vfl < 0 else vfl - 1  # hidden_states[i] is the output of layer i - 1
         kind = "cls" if cfg.vision_feature_select_strategy == "default" else "mean"
         return layers[index].self_attn, kind, 1
@@ -132,6 +146,17 @@ class QwenVLAdapter(VisionLanguageAdapter):
     def vision_score_layer(self) -> tuple[torch.nn.Module, str, int]:
         visual = self.model.model.visual
         return visual.blocks[-1].attn, "mean", visual.spatial_merge_size**2
+
+    def vision_tower_module(self) -> torch.nn.Module:
+        return self.model.model.visual
+
+    def vision_score_map(self) -> VisionScoreMap:
+        module, kind, group = self.vision_score_layer()
+        return QwenVisionScoreMap(self, module, kind, group, self.vision_tower_module(), self.window_index())
+
+    def window_index(self) -> Any:
+        """None: the tower sees the merged groups in raster order."""
+        return None
 
     def frame_attention_module(self) -> tuple[torch.nn.Module, int] | None:
         visual = self.model.model.visual
@@ -178,16 +203,74 @@ class QwenVLAdapter(VisionLanguageAdapter):
 
 
 class Qwen25VLAdapter(QwenVLAdapter):
-    """Qwen2.5-VL: as Qwen2-VL, but its tower attends in windows of reordered patches, so encoder scores are not in
-    token order (no VisionZip); its full-attention blocks still attend one frame at a time (DyCoke's frames)."""
+    """Qwen2.5-VL: as Qwen2-VL, but its tower reorders the merged 2x2 groups into attention windows
+    (``window_index``) and puts the merged tokens back in raster order after the merger; VisionZip's scores come from
+    the last full-attention block (one frame per call, the last block in released checkpoints) and are put back in
+    raster order the same way. The full-attention blocks attend one frame at a time (DyCoke's frames)."""
 
     name = "transformers-qwen2.5-vl"
     architectures = ("Qwen2_5_VLForConditionalGeneration",)
-    capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS, VISUAL_FRAMES})
+    capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS, VISION_SCORES, VISUAL_FRAMES})
+
+    def vision_score_layer(self) -> tuple[torch.nn.Module, str, int]:
+        visual = self.model.model.visual
+        return visual.blocks[visual.fullatt_block_indexes[-1]].attn, "mean", visual.spatial_merge_size**2
+
+    def window_index(self) -> Any:
+        visual = self.model.model.visual
+
+        def index(grid_thw: torch.Tensor) -> torch.Tensor:
+            if hasattr(visual, "get_window_index"):  # transformers releases that kept it on the tower
+                return visual.get_window_index(grid_thw)[0]
+            from transformers.vision_utils import get_vision_window_index
+
+            return get_vision_window_index(
+                grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+                patch_size=visual.patch_size,
+            )[0]
+
+        return index
 
     def frame_attention_module(self) -> tuple[torch.nn.Module, int] | None:
         visual = self.model.model.visual
         return visual.blocks[visual.fullatt_block_indexes[-1]].attn, visual.spatial_merge_size**2
 
 
-TRANSFORMERS_ADAPTERS = (CausalLMAdapter, VisionLanguageAdapter, LlavaAdapter, QwenVLAdapter, Qwen25VLAdapter)
+class LlavaOnevisionAdapter(LlavaAdapter):
+    """LLaVA-OneVision: a SigLIP tower and a Qwen2 LM. Images are packed anyres (base tile, unpadded tile grid with
+    a newline token per row), videos pooled 2x2 per frame with one newline token per video; VisionZip's scores are
+    mapped through that packing (:class:`OnevisionVisionScoreMap`), DyCoke's frames are the pooled video frames."""
+
+    name = "transformers-llava-onevision"
+    architectures = ("LlavaOnevisionForConditionalGeneration",)
+    capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS, VISION_SCORES, VISUAL_FRAMES})
+
+    def vision_score_map(self) -> VisionScoreMap:
+        module, kind, group = self.vision_score_layer()
+        return OnevisionVisionScoreMap(self, module, kind, group, self.vision_tower_module(), self.model.model.multi_modal_projector)
+
+    def tokens_per_frame(self) -> int:
+        v = self.model.config.vision_config
+        side = v.image_size // v.patch_size
+        return math.ceil(side / 2) ** 2
+
+    def visual_frames(self, input_ids: torch.Tensor, inputs: dict, chunks: list[int] | None = None) -> list[torch.Tensor] | None:
+        """Per row, the pooled frames of its video: the row's video tokens are one run of frames x tokens per frame,
+        then the newline token (which is no frame's). Rows with no video, several videos or a run that does not fit
+        that layout give None (no temporal merging)."""
+        per_frame = self.tokens_per_frame()
+        frames = []
+        for row in input_ids == self.model.config.video_token_id:
+            pos = torch.nonzero(row).flatten()
+            if pos.numel() < 2 or int(pos[-1] - pos[0]) + 1 != pos.numel():  # none, or not one run
+                return None
+            f = _runs(pos[:-1], per_frame)
+            if f is None:
+                return None
+            frames.append(f)
+        return frames
+
+
+TRANSFORMERS_ADAPTERS = (
+    CausalLMAdapter, LlavaAdapter, QwenVLAdapter, Qwen25VLAdapter, LlavaOnevisionAdapter,
+)

@@ -11,7 +11,8 @@ arXiv 2411.15024. Two training-free stages:
    the cached visual entries; layers from ``kv_layer`` on attend to the best ``kv_keep_ratio`` of them only (plus
    every text entry). The cache keeps all entries, so a visual token dropped at one step can return at the next.
 
-Frames are the video frames of Qwen2-VL (``video_grid_thw``) or, on Llava, the images of a multi-image prompt.
+Frames are the video frames of Qwen2-VL (``video_grid_thw``), LLaVA-OneVision's pooled video frames (the newline
+token after the video is no frame's and stays) or, on Llava, the images of a multi-image prompt.
 ``keep_ratio=1`` and ``kv_keep_ratio=1`` change nothing.
 """
 
@@ -95,10 +96,11 @@ class DyCokePolicy(Policy):
                 if i % self.cfg.window == 0 or drop_per_frame == 0:
                     continue  # the first frame of each window stays whole
                 sim = (h[f[i]] * h[f[i - 1]]).sum(-1)
-                priority[row, f[i]] = -sim  # the most similar to the frame before go first
+                top = sim.topk(drop_per_frame).indices  # this frame's tokens most similar to the frame before
+                priority[row, f[i][top]] = -1.0 - sim[top]  # droppable (in [-2, 0]), the most similar first
                 dropped += drop_per_frame
             if pad is not None:
-                priority[row, pad[row]] = -2.0
+                priority[row, pad[row]] = -3.0
             drops.append(dropped + (int(pad[row].sum()) if pad is not None else 0))
         drop = min(drops)
         if drop <= 0:

@@ -256,6 +256,10 @@ class Policy:
     def on_vision_attention(self, fwd: Forward | None, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
         pass
 
+    def observers(self, adapter: Any) -> list[tuple[torch.nn.Module, str, Callable]]:
+        """(module, "pre" | "post", hook) forward hooks (with kwargs) that only observe, installed with the engine."""
+        return []
+
     def attention_keys(self, layer: int, fwd: Forward, key: torch.Tensor, value: torch.Tensor, mask: Any) -> Any:
         """None, or (key, value, mask) narrowed to the entries this layer attends to in this step."""
         return None
@@ -324,6 +328,11 @@ class TokenEngine:
             for m in vision:
                 _OWNERS[m] = self
                 self._vision_ids.add(id(m))
+        for module, when, hook in self.policy.observers(self.adapter):
+            if when == "pre":
+                self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            else:
+                self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
 
     def _swap_attention(self, config: Any, module: torch.nn.Module) -> Callable:
         """Point ``config`` at our registered attention function; return the function it used before."""

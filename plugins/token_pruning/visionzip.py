@@ -4,7 +4,10 @@ Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language M
 Dominant tokens are the ones the vision encoder attends to most: the class token's attention in the layer whose
 output feeds the projector (CLIP towers), or the attention each token receives, averaged over queries (towers
 without a class token, e.g. Qwen2-VL's, summed over each merged 2x2 patch group); these scores are computed in that
-encoder layer by the query-row kernel, never from a materialised map of the whole model. The remaining visual tokens
+encoder layer by the query-row kernel, never from a materialised map of the whole model. The model adapter's score
+map puts them where the VLM puts the tokens (``plugins/adapters/vision_score_maps.py``): Qwen2.5-VL's window order is
+undone, LLaVA-OneVision's anyres packing (unpadding, downsizing, newline tokens) and video pooling are applied to the
+scores as to the features; newline tokens have no score and stay. The remaining visual tokens
 are merged: ``contextual`` of the kept budget goes to evenly spaced target tokens, each other token is averaged
 into its most similar target (cosine similarity of the projected features; the paper uses the encoder's keys).
 The LLM then runs on ``keep_ratio`` of the visual tokens from its first layer on, at their original positions.
@@ -39,16 +42,26 @@ class VisionZipPolicy(Policy):
         self.cfg = config
         self.kind, self.group = "mean", 1
         self.stats: dict[str, Any] = {}
-        self.pending: list[torch.Tensor] = []  # per image, in encoding order; consumed by the next prefill
+        self.map: Any = None  # the adapter's VisionScoreMap: records encoder calls, maps scores onto the prompt
 
     def reset(self) -> None:
-        self.pending = []
+        if self.map is not None:
+            self.map.reset()
 
     def vision_modules(self, adapter: Any) -> list[torch.nn.Module]:
         if self.cfg.keep_ratio >= 1.0:
             return []
-        module, self.kind, self.group = adapter.vision_score_layer()
-        return [module]
+        if self.map is None:
+            self.map = adapter.vision_score_map()
+            if self.map is None:  # adapters that only name the scored layer: one score per visual token, in order
+                from ..adapters.vision_score_maps import VisionScoreMap
+
+                self.map = VisionScoreMap(adapter, *adapter.vision_score_layer())
+        self.kind, self.group = self.map.kind, self.map.group
+        return [self.map.attention_module]
+
+    def observers(self, adapter: Any) -> list:
+        return [] if self.map is None else self.map.observers()
 
     def on_vision_attention(self, fwd, query, key, scaling) -> None:
         query, key = query.detach(), key.detach()
@@ -58,26 +71,26 @@ class VisionZipPolicy(Policy):
             scores = query_rows_attention(query, key, scale=scaling).mean(dim=1)
             if self.group > 1:
                 scores = scores.view(scores.shape[0], -1, self.group).sum(-1)
-        self.pending.extend(scores.unbind(0))
+        self.map.add(scores)
 
     def before_layer(self, layer: int, fwd: Forward, hidden: torch.Tensor) -> Any:
-        if layer != 0 or not fwd.first or self.cfg.keep_ratio >= 1.0 or fwd.visual is None or not self.pending:
+        if layer != 0 or not fwd.first or self.cfg.keep_ratio >= 1.0 or fwd.visual is None or self.map is None:
             return SAME
+        if not self.map.calls:
+            return SAME
+        mapped = self.map.score_map(fwd.input_ids, fwd.inputs, hidden)  # raises on a layout it cannot map
+        if mapped is None:
+            self.stats = {"note": "vision scores did not line up with the visual tokens; nothing pruned"}
+            return SAME
+        vscore, candidates = mapped
         visual = fwd.visual
-        flat = torch.cat(self.pending).to(hidden.device)
-        self.pending = []
-        if flat.numel() != int(visual.sum()):
-            self.stats["note"] = "vision scores did not line up with the visual tokens; nothing pruned"
-            return SAME
         b, length = visual.shape
-        vscore = torch.zeros(b, length, device=hidden.device)
-        vscore[visual] = flat.float()
         pad = fwd.padding()
         priority = torch.full((b, length), float("inf"), device=hidden.device)
         values = hidden.clone()
         drops, kept_visual = [], []
         for row in range(b):
-            pos = torch.nonzero(visual[row]).flatten()
+            pos = torch.nonzero(candidates[row]).flatten()  # visual tokens with a tower score (not newline tokens)
             n_vis = pos.numel()
             keep = max(1, math.ceil(self.cfg.keep_ratio * n_vis)) if n_vis else 0
             n_ctx = min(int(round(keep * self.cfg.contextual)), max(keep - 1, 0))
@@ -108,6 +121,8 @@ class VisionZipPolicy(Policy):
         kept = priority.topk(length - drop, dim=1).indices.sort(dim=1).values
         actual = visual.gather(1, kept).sum(1).tolist()  # rows with padding may keep a few more (equal drop counts)
         self.stats = {"kept_visual_tokens": kept_visual, "visual_tokens_in_sequence": actual, "kept_tokens": int(kept.shape[1])}
+        if self.map.layouts:
+            self.stats["layouts"] = list(self.map.layouts)
         return kept, values
 
 

@@ -180,7 +180,7 @@ def test_visionzip_keeps_a_quarter_of_the_visual_tokens_from_the_first_layer(arc
     assert st["visual_tokens_in_sequence"] == [4, 7]  # the padded row drops its 3 pads and 9 visual tokens
 
 
-def test_llava_onevision_video_runs_the_strategies_its_adapter_supports():
+def test_llava_onevision_video_runs_every_token_strategy():
     model, make = tiny_llava_onevision()
     x = make((20, 17))  # a 4-frame video per prompt, left padding
     seq, scores = generate(model, x)
@@ -189,6 +189,8 @@ def test_llava_onevision_video_runs_the_strategies_its_adapter_supports():
         ("visual_exit", dict(layer=6), dict(layer=3)),
         ("sliminfer", dict(keep_ratio=1.0), dict(layer=2, interval=2, keep_ratio=0.5, block_size=4)),
         ("layer_skip", dict(keep_ratio=1.0), dict(keep_ratio=0.5)),
+        ("visionzip", dict(keep_ratio=1.0), dict(keep_ratio=0.25)),
+        ("dycoke", dict(keep_ratio=1.0, kv_keep_ratio=1.0), dict(keep_ratio=0.5, kv_keep_ratio=0.5)),
     ]:
         model.enable_accel(name, **noop)
         s2, sc2 = generate(model, x)
@@ -198,10 +200,7 @@ def test_llava_onevision_video_runs_the_strategies_its_adapter_supports():
         st = handle.stats
         assert not torch.equal(sc2, scores) and st["kv_entries"] < st["kv_entries_full"], name
         model.disable_accel()
-    for name in ("visionzip", "dycoke"):  # anyres packing reorders the tower's tokens: no adapter support
-        with pytest.raises(dynaccel.UnsupportedModelError, match=f"strategy '{name}' does not support LlavaOnevisionForConditionalGeneration"):
-            model.enable_accel(name)
-    assert_untouched(model)
+        assert_untouched(model)
     s3, sc3 = generate(model, x)
     assert torch.equal(s3, seq) and torch.equal(sc3, scores)
 
