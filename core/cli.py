@@ -189,6 +189,9 @@ def quickstart(steps: int, repeats: int) -> None:
 
 
 DEFAULT_BENCH = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
+# higher-quality presets added to the default rows where the model has them: they face diffusers' defaults, which
+# sit at 47-55 dB on the zoo models (``--all-presets`` gives every preset)
+DEFAULT_EXTRA_PRESETS = ["taylorseer-48db", "taylorseer-56db"]
 # every cache diffusers 0.42 offers for transformer pipelines; one that cannot run on the model is reported, not run
 DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorseer", "diffusers:seacache",
                  "diffusers:pab", "diffusers:fastercache"]
@@ -234,6 +237,7 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
     names = get_registry().presets
     if not settings:  # a zoo model's built-in presets where they exist, else each strategy at its defaults
         settings = [f"preset:{model}-{s}" if f"{model}-{s}" in names else s for s in DEFAULT_BENCH]
+        settings += [f"preset:{model}-{s}" for s in DEFAULT_EXTRA_PRESETS if f"{model}-{s}" in names]
     if all_presets:
         ladder = [f"preset:{n}" for n in sorted(names) if n.startswith(f"{model}-")]
         if not ladder:

@@ -170,3 +170,25 @@ def test_all_presets_adds_the_models_quality_ladder(folder, monkeypatch, capsys)
     with pytest.raises(SystemExit) as exc:  # a folder that is no zoo model has no built-in presets
         main(["bench", "--model", str(folder), "--all-presets"])
     assert exc.value.code == 2 and "no built-in presets for model" in capsys.readouterr().err
+
+
+def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exist(folder, monkeypatch):
+    from dynaccel.core.cli import DEFAULT_BENCH
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(pipe, settings, *args, **kwargs):
+        seen.append([s.label for s in settings])
+        raise Stop
+
+    monkeypatch.setattr(bench, "run_bench", fake_run)
+    for model in ("tiny-wan", str(folder)):
+        with pytest.raises(Stop):
+            main(["bench", "--model", model, "--no-peers"])
+    zoo_rows, folder_rows = seen
+    assert zoo_rows == [f"preset:tiny-wan-{s}" for s in DEFAULT_BENCH] + [
+        "preset:tiny-wan-taylorseer-48db", "preset:tiny-wan-taylorseer-56db"]
+    assert folder_rows == DEFAULT_BENCH  # no presets for a local folder: each strategy at its defaults
