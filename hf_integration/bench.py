@@ -216,8 +216,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) 
 
 # what a peer's failure usually means (diffusers 0.42.1), added to its "not run" note
 _PEER_HINTS = {
-    "fastercache": "diffusers' FasterCache expects the unconditional and conditional inputs of CFG concatenated in "
-                   "one batch, and this pipeline runs them as two passes",
+    "fastercache": "diffusers' FasterCache expects CFG's unconditional and conditional inputs batched in one pass; "
+                   "this pipeline's passes carry one branch each (CFG as two passes) or no CFG at all (a "
+                   "guidance-distilled model: try diffusers:fastercache:is_guidance_distilled=True)",
 }
 
 
