@@ -575,10 +575,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple[Path, Path]:
-    """``bench.json`` and ``bench.png`` (speed vs PSNR) in ``out_dir``, each written atomically."""
+def write_json_and_plot(out_dir: Path, doc: dict[str, Any], draw: Callable[[Any], None],
+                        names: tuple[str, str] = ("bench.json", "bench.png")) -> tuple[Path, Path]:
+    """Write ``doc`` as JSON and a plot drawn by ``draw(ax)`` (matplotlib, Agg) as PNG in ``out_dir``, each
+    atomically (a temporary file, then a rename: no partial file after an error or interruption)."""
     out_dir = Path(out_dir)
-    doc = {"meta": meta, "rows": [asdict(r) for r in rows]}
 
     def write_json(tmp):
         Path(tmp).write_text(json.dumps(doc, indent=1, default=str))
@@ -590,6 +591,24 @@ def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        try:
+            draw(ax)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(tmp, format="png")
+        finally:
+            plt.close(fig)
+
+    json_path, png_path = out_dir / names[0], out_dir / names[1]
+    atomic_write(json_path, write_json)
+    atomic_write(png_path, write_png)
+    return json_path, png_path
+
+
+def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple[Path, Path]:
+    """``bench.json`` and ``bench.png`` (speed vs PSNR) in ``out_dir``, each written atomically."""
+
+    def draw(ax):
         cap = max([r.psnr_db for r in rows if math.isfinite(r.psnr_db)] or [40.0]) + 5
         for kind, marker in (("dynaccel", "o"), ("diffusers", "s"), ("full", "*")):
             pts = [r for r in rows if r.kind == kind]
@@ -602,13 +621,6 @@ def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple
         ax.set_xlabel("speedup vs full compute (wall clock)")
         ax.set_ylabel(f"PSNR vs full compute (dB; identical shown at {cap:.0f})")
         ax.set_title(f"{meta.get('model', '')}: speed vs quality ({meta.get('machine', {}).get('device', '')})")
-        ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(tmp, format="png")
-        plt.close(fig)
 
-    json_path, png_path = out_dir / "bench.json", out_dir / "bench.png"
-    atomic_write(json_path, write_json)
-    atomic_write(png_path, write_png)
-    return json_path, png_path
+    return write_json_and_plot(out_dir, {"meta": meta, "rows": [asdict(r) for r in rows]}, draw)

@@ -37,7 +37,6 @@ from typing import Any, Callable
 import torch
 
 from ..core.errors import ConfigError
-from ..core.files import atomic_write
 from .bench import BenchError, Setting
 
 SMOLLM2 = "smollm2"
@@ -368,19 +367,9 @@ def format_table(rows: list[TokenRow]) -> str:
 def write_results(out_dir: Path, rows: list[TokenRow], meta: dict[str, Any],
                   names: tuple[str, str] = ("bench.json", "bench.png")) -> tuple[Path, Path]:
     """The rows as JSON and a plot of quality against ``keep_ratio`` per strategy, each written atomically."""
-    out_dir = Path(out_dir)
-    doc = {"meta": meta, "rows": [asdict(r) for r in rows]}
+    from .bench import write_json_and_plot
 
-    def write_json(tmp):
-        Path(tmp).write_text(json.dumps(doc, indent=1, default=str))
-
-    def write_png(tmp):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    def draw(ax):
         full = next((r for r in rows if r.strategy == "full"), None)
         groups: dict[str, list[TokenRow]] = {}
         for r in rows:
@@ -406,13 +395,6 @@ def write_results(out_dir: Path, rows: list[TokenRow], meta: dict[str, Any],
         m = meta.get("machine", {})
         ax.set_title(f"{meta.get('model', '')}: quality vs keep_ratio ({m.get('device', '')}, "
                      f"{m.get('threads', '?')} thread(s))", fontsize=9)
-        ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(tmp, format="png")
-        plt.close(fig)
 
-    json_path, png_path = out_dir / names[0], out_dir / names[1]
-    atomic_write(json_path, write_json)
-    atomic_write(png_path, write_png)
-    return json_path, png_path
+    return write_json_and_plot(out_dir, {"meta": meta, "rows": [asdict(r) for r in rows]}, draw, names)
