@@ -86,7 +86,7 @@ if triton is not None:
             m_i = m_new
         m = tl.max(m_i, axis=0)
         total = tl.sum(s_i * tl.exp(m_i - m), axis=0)
-        inv = tl.where(total > 0, 1.0 / (total * H), 0.0)
+        inv = tl.where(total > 0, 1.0 / tl.maximum(total * H, 1e-30), 0.0)  # no 1/0 for an all-masked row
         out_base = out_ptr + batch * (R * n) + row * n
         for start in range(0, n, BLOCK_N):
             cols = start + lanes
@@ -95,6 +95,7 @@ if triton is not None:
             logit = tl.sum(kv.to(tl.float32) * qv[None, :], axis=1) * scale
             if HAS_BIAS:
                 logit += tl.load(bias_ptr + batch * sb_b + row * sb_r + cols, mask=cmask, other=0.0).to(tl.float32)
+            logit = tl.where(cmask, logit, float("-inf"))  # lanes past the keys: 0, not exp(0 - m)
             p = tl.exp(logit - m) * inv
             tl.atomic_add(out_base + cols, p, mask=cmask)
 

@@ -60,3 +60,24 @@ def test_shape_errors_name_the_shapes():
         query_rows_attention(q, torch.zeros(1, 2, 5, 8))
     with pytest.raises(ValueError, match=r"bias must be \(B, R, N\) = \(1, 1, 5\)"):
         query_rows_attention(q, torch.zeros(1, 3, 5, 8), torch.zeros(1, 5))
+
+
+def test_long_rows_match_the_reference():
+    # 2500 keys (twenty loop blocks of 128): sample 0 has its first 1100 keys
+    # masked (left padding), sample 1 has every key masked (its row must be zeros, not NaN)
+    b, h, hkv, r, n, d = 2, 4, 2, 1, 2500, 32
+    q = random_tensor((b, h, r, d), torch.float32, 3)
+    k = random_tensor((b, hkv, n, d), torch.float32, 4)
+    bias = torch.zeros(b, r, n)
+    bias[0, :, :1100] = float("-inf")
+    bias[1] = float("-inf")
+    got = query_rows_attention(q, k, bias, backend="triton")
+    want = query_rows_attention(q, k, bias, backend="torch")
+    assert_close_for(torch.float32, got, want)
+    assert float(got[0, :, :1100].abs().max()) == 0.0 and torch.isfinite(got).all()
+    torch.testing.assert_close(got[0].sum(-1), torch.ones(r), rtol=1e-4, atol=1e-4)
+    assert float(got[1].abs().max()) == 0.0
+    # no bias at all, a length that is not a multiple of the loop block either
+    q2, k2 = random_tensor((1, 2, 2, 16), torch.bfloat16, 5), random_tensor((1, 1, 3001, 16), torch.bfloat16, 6)
+    assert_close_for(torch.bfloat16, query_rows_attention(q2, k2, backend="triton"),
+                     query_rows_attention(q2, k2, backend="torch"))
