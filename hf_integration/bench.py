@@ -442,7 +442,7 @@ def run_bench(
                     why += f"; {_PEER_HINTS[st.strategy]}"
                 not_run.append({"setting": st.label, "error": why})
                 dropped.add(i)
-                bar.update(repeats * len(jobs))
+                bar.update(1 + repeats * len(jobs))  # its warm-up and timed generations, none of which ran
         for r in range(repeats):
             for i, st in enumerate(order):
                 if i not in dropped:
