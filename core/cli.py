@@ -239,7 +239,7 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
         settings = [f"preset:{model}-{s}" if f"{model}-{s}" in names else s for s in DEFAULT_BENCH]
         settings += [f"preset:{model}-{s}" for s in DEFAULT_EXTRA_PRESETS if f"{model}-{s}" in names]
     if all_presets:
-        ladder = [f"preset:{n}" for n in sorted(names) if n.startswith(f"{model}-")]
+        ladder = [f"preset:{n}" for n in sorted(names) if names[n].model_id == model]
         if not ladder:
             raise click.BadParameter(f"no built-in presets for model {model!r}", param_hint="--all-presets")
         settings = list(settings) + [x for x in ladder if x not in settings]
