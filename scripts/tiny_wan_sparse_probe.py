@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 import dynaccel
 import dynaccel.zoo
@@ -43,9 +44,13 @@ def main(name, settings):
         return B._frames(pipe(prompt=p, generator=torch.Generator().manual_seed(s), output_type="pt", **call))
 
     OUT.mkdir(parents=True, exist_ok=True)
-    cache = OUT / f"dense-{name}.pt"
-    base = torch.load(cache) if cache.exists() else [gen(p, s) for p, s in jobs]
-    torch.save(base, cache)
+    cache = OUT / f"dense-{name}.safetensors"  # the dense outputs, reused by later probes (tensors only, no pickle)
+    if cache.exists():
+        stored = load_file(cache)
+        base = [stored[str(i)] for i in range(len(jobs))]
+    else:
+        base = [gen(p, s) for p, s in jobs]
+        save_file({str(i): t.contiguous() for i, t in enumerate(base)}, cache)
     for text in settings:
         st = B.parse_setting(text)
         t0 = time.perf_counter()

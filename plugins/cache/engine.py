@@ -479,7 +479,8 @@ class CacheEngine:
         computed = sum(b.computed for b in branches.values())
         skipped = sum(b.skipped for b in branches.values())
         passes = computed + skipped
-        return {
+        per_block = self.policy.level == "per_block"
+        stats: dict[str, Any] = {
             "strategy": self.strategy,
             "num_steps": run.num_steps if run is not None else None,
             "passes": passes,
@@ -491,30 +492,18 @@ class CacheEngine:
                     "computed": b.computed,
                     "skipped": b.skipped,
                     "skipped_steps": list(b.skipped_steps),
-                    **(
-                        {"blocks_computed": b.blocks_computed, "blocks_reused": b.blocks_reused}
-                        if self.policy.level == "per_block"
-                        else {}
-                    ),
+                    **({"blocks_computed": b.blocks_computed, "blocks_reused": b.blocks_reused} if per_block else {}),
                 }
                 for name, b in branches.items()
             },
-            **(
-                {
-                    "blocks_computed": sum(b.blocks_computed for b in branches.values()),
-                    "blocks_reused": sum(b.blocks_reused for b in branches.values()),
-                }
-                if self.policy.level == "per_block"
-                else {}
-            ),
-            **(
-                {"reused_per_block": list(run.reused_per_block)}
-                if self.policy.level == "per_block" and run is not None
-                else {}
-            ),
-            **self.policy.extra_stats(),
         }
-
+        if per_block:
+            stats["blocks_computed"] = sum(b.blocks_computed for b in branches.values())
+            stats["blocks_reused"] = sum(b.blocks_reused for b in branches.values())
+            if run is not None:
+                stats["reused_per_block"] = list(run.reused_per_block)
+        stats.update(self.policy.extra_stats())
+        return stats
 
     def summary(self) -> str:
         s = self.stats()
