@@ -25,6 +25,7 @@ compute as a dashed line; settings without a ``keep_ratio`` are listed in the ta
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -161,22 +162,17 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+@contextlib.contextmanager
 def enabled(model, setting: Setting):
-    """Context manager: ``setting`` enabled on ``model`` for the block (nothing for full compute)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def cm():
-        if setting.kind == "full":
-            yield None
-            return
-        model.enable_accel(setting.strategy, **setting.config)
-        try:
-            yield
-        finally:
-            model.disable_accel()
-
-    return cm()
+    """``setting`` enabled on ``model`` for the block (nothing for full compute)."""
+    if setting.kind == "full":
+        yield None
+        return
+    model.enable_accel(setting.strategy, **setting.config)
+    try:
+        yield
+    finally:
+        model.disable_accel()
 
 
 def validate_settings(model, settings: list[Setting]) -> None:

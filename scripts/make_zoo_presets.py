@@ -92,7 +92,7 @@ def last_step(pipe, model: str, strategies: list[str], call: dict) -> None:
                                            repeats=1, progress=False)
         if round(kept_row.psnr_db, 2) != prov["measured"]["psnr_db"]:
             raise SystemExit(f"{name}: PSNR {kept_row.psnr_db:.2f} differs from the calibrated {prov['measured']['psnr_db']}")
-        if row.psnr_db >= prov["min_psnr_db"] and calibrate._work_skipped(row) > calibrate._work_skipped(kept_row):
+        if calibrate.free_last_step_wins(row, kept_row, prov["min_psnr_db"]):
             doc["config"]["compute_last"] = False
             prov["measured"] = {"speedup": round(row.speedup, 3), "psnr_db": round(row.psnr_db, 2),
                                 "psnr_min_db": round(row.psnr_min_db, 2), "ssim": round(row.ssim, 4),

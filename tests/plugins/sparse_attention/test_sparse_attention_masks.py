@@ -55,13 +55,18 @@ def test_sliding_tile_ragged_grid_still_covers_every_token_once():
     assert plan.block_mask.diagonal(dim1=-2, dim2=-1).all()  # every block attends itself
 
 
+def _radial_terms(plan, grid, tile):
+    """Frame distance and spatial tile gap between every pair of blocks, and the block mask (batch 0)."""
+    c = _block_coords(plan, grid, tile)
+    d = (c[:, None, 0] - c[None, :, 0]).abs()
+    gap = (c[:, None, 1:] - c[None, :, 1:]).abs().amax(-1)
+    return d, gap, plan.block_mask[0]
+
+
 def test_radial_window_shrinks_with_frame_distance():
     grid = (9, 8, 8)  # one frame = 2 x 2 tiles of 4 x 4 = 4 blocks of 16
     plan = masks.radial_mask(grid, (4, 4), window=1, dense_frames=1, block_size=16)
-    c = _block_coords(plan, grid, (1, 4, 4))
-    d = (c[:, None, 0] - c[None, :, 0]).abs()
-    gap = (c[:, None, 1:] - c[None, :, 1:]).abs().amax(-1)
-    m = plan.block_mask[0]
+    d, gap, m = _radial_terms(plan, grid, (1, 4, 4))
     assert m[d <= 1].all()  # dense band
     assert torch.equal(m[d >= 2], (gap == 0)[d >= 2])  # 1 >> floor(log2 d) = 0: only the same position
     frac = [m[d == k].float().mean().item() for k in range(9)]
@@ -71,10 +76,7 @@ def test_radial_window_shrinks_with_frame_distance():
 def test_radial_wider_window_halves_by_octave():
     grid = (9, 16, 16)  # 4 x 4 tiles per frame
     plan = masks.radial_mask(grid, (4, 4), window=2, dense_frames=0, block_size=16)
-    c = _block_coords(plan, grid, (1, 4, 4))
-    d = (c[:, None, 0] - c[None, :, 0]).abs()
-    gap = (c[:, None, 1:] - c[None, :, 1:]).abs().amax(-1)
-    m = plan.block_mask[0]
+    d, gap, m = _radial_terms(plan, grid, (1, 4, 4))
     assert m[d == 0].all()
     assert torch.equal(m[d == 1], (gap <= 2)[d == 1])
     assert torch.equal(m[(d >= 2) & (d <= 3)], (gap <= 1)[(d >= 2) & (d <= 3)])
@@ -84,10 +86,7 @@ def test_radial_wider_window_halves_by_octave():
 def test_radial_at_block_8_keeps_the_same_position_at_long_distance():
     grid = (9, 8, 8)  # one frame = 4 x 2 tiles of 2 x 4 = 8 blocks of 8
     plan = masks.radial_mask(grid, (2, 4), window=1, dense_frames=1, block_size=8)
-    c = _block_coords(plan, grid, (1, 2, 4))
-    d = (c[:, None, 0] - c[None, :, 0]).abs()
-    gap = (c[:, None, 1:] - c[None, :, 1:]).abs().amax(-1)
-    m = plan.block_mask[0]
+    d, gap, m = _radial_terms(plan, grid, (1, 2, 4))
     assert m.shape == (72, 72) and m[d <= 1].all()
     assert torch.equal(m[d >= 2], (gap == 0)[d >= 2])
     assert m[d == 8].float().mean().item() == pytest.approx(1 / 8)

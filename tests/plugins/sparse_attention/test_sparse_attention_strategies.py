@@ -111,11 +111,13 @@ def test_dense_setting_is_bit_identical(arch_of, arch, strategy):
 
 @pytest.mark.parametrize("arch,strategy", CASES)
 def test_sparse_path_with_a_full_mask_matches_dense_within_tolerance(arch_of, arch, strategy):
-    # the processors' own q/k/v/RoPE/text handling + kernel, forced to run with the dense setting's full mask
     a = arch_of(arch)
-    h = enable(a, strategy, **DENSE[strategy])
-    engine = next(iter(h.parts.values())).engine
-    engine.policy.full = lambda grid, step: False
+    _assert_forced_full_mask_matches_dense(a, enable(a, strategy, **DENSE[strategy]))
+
+
+def _assert_forced_full_mask_matches_dense(a, h):
+    # the processors' own q/k/v/RoPE/text handling + kernel, forced to run with the dense setting's full mask
+    next(iter(h.parts.values())).engine.policy.full = lambda grid, step: False
     out = a.run()
     assert h.stats["sparse_calls"] > 0 and h.stats["mean_density"] == pytest.approx(1.0)
     torch.testing.assert_close(out, a.baseline, **FORCED_TOL)
@@ -399,11 +401,9 @@ def test_block_8_dense_setting_is_bit_identical(arch_of, arch, strategy):
 @pytest.mark.parametrize("remainder", ["drop", "pooled"])
 def test_block_8_sparse_path_with_a_full_mask_matches_dense_within_tolerance(arch_of, arch, strategy, remainder):
     a = arch_of(arch)
-    h = enable8(a, strategy, remainder=remainder, **TILES_8[strategy], **DENSE[strategy])
-    next(iter(h.parts.values())).engine.policy.full = lambda grid, step: False
-    out = a.run()
-    assert h.stats["sparse_calls"] > 0 and h.stats["mean_density"] == pytest.approx(1.0)
-    torch.testing.assert_close(out, a.baseline, **FORCED_TOL)
+    _assert_forced_full_mask_matches_dense(
+        a, enable8(a, strategy, remainder=remainder, **TILES_8[strategy], **DENSE[strategy])
+    )
 
 
 @pytest.mark.parametrize("arch,strategy", CASES)
