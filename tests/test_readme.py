@@ -10,9 +10,16 @@ def _section(title: str) -> str:
     return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
-def test_python_api_example_runs():
+def test_python_api_example_runs_and_prints_what_its_comments_say(capsys):
     code = re.search(r"```python\n(.*?)```", _section("Python API"), re.S).group(1)
     exec(compile(code, "README.md (Python API)", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    # a print whose line carries a comment shows what it prints (the comment may end in "..." where it abridges)
+    said = [line.split("# ", 1)[1].strip() for line in code.splitlines() if line.startswith("print(") and "# " in line]
+    assert said, "the example documents none of its output"
+    for comment in said:
+        shown = comment.removesuffix("...").rstrip(", ")
+        assert any(out.startswith(shown) for out in printed), (comment, printed)
 
 
 def test_zoo_example_runs():
