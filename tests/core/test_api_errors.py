@@ -99,9 +99,9 @@ def test_bare_model_with_step_fractions_needs_the_step_count():
     handle = dynaccel.enable_accel(model, "magcache")  # start=0.2 by default
     x = torch.randn(1, 4, 2, 4, 4)
     enc = torch.randn(1, 8, 32)
+    model(x, torch.tensor([999]), enc)  # the first step is always computed: nothing to decide yet
     with pytest.raises(dynaccel.DynaccelError, match=r"call handle.reset\(num_steps=N\)"):
-        model(x, torch.tensor([999]), enc)
-        model(x, torch.tensor([900]), enc)
+        model(x, torch.tensor([900]), enc)  # the second needs the step count for start=0.2
     handle.reset(num_steps=4)
     model(x, torch.tensor([999]), enc)
     dynaccel.disable_accel(model)

@@ -79,8 +79,12 @@ def test_caching_with_a_stochastic_scheduler_warns():
 
     from dynaccel.core.api import AccelWarning
 
+    import warnings
+
     pipe = tiny_wan_pipeline()
-    pipe.enable_accel("teacache")  # the flow-matching Euler scheduler: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AccelWarning)
+        pipe.enable_accel("teacache")  # the flow-matching Euler scheduler: no warning
     pipe.scheduler = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
     with pytest.warns(AccelWarning, match="fbcache: scheduler DPMSolverMultistepScheduler injects fresh noise"):
         pipe.enable_accel("fbcache")

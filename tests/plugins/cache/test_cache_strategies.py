@@ -283,15 +283,17 @@ def test_bwcache_reports_reuse_per_block(pipe_of):
 
 
 def test_taylorseer_forecast_differs_from_plain_reuse(pipe_of):
+    # at the largest threshold the schedule is set by warm-up and max_interval alone, so both orders skip the same
+    # passes and only what a skipped pass adds (the cached residual, or its forecast) differs
     pipe, run = pipe_of("wan")
-    pipe.enable_accel("taylorseer", threshold=1.0, order=0)
+    pipe.enable_accel("taylorseer", threshold=2.0, order=0)
     reuse = run(pipe)
     reuse_steps = pipe.accel_stats["taylorseer"]["branches"]
-    pipe.enable_accel("taylorseer", threshold=1.0, order=1)
+    pipe.enable_accel("taylorseer", threshold=2.0, order=1)
     forecast = run(pipe)
     assert pipe.accel_stats["taylorseer"]["skipped"] > 0
-    if pipe.accel_stats["taylorseer"]["branches"] == reuse_steps:  # same schedule: only the residual differs
-        assert not torch.equal(forecast, reuse)
+    assert pipe.accel_stats["taylorseer"]["branches"] == reuse_steps
+    assert not torch.equal(forecast, reuse)
 
 
 def test_adacache_reuses_more_with_a_larger_budget(pipe_of):
