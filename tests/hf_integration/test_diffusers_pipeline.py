@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 from tiny_models import run_wan, tiny_wan_pipeline, tiny_wan_transformer
 
@@ -17,6 +18,7 @@ def test_every_stock_pipeline_class_gets_the_methods():
         assert isinstance(vars(diffusers.DiffusionPipeline)["accel_stats"], property)
 
 
+@pytest.mark.slow
 def test_methods_appear_whichever_is_imported_first():
     for order in ("import dynaccel, diffusers", "import diffusers, dynaccel"):
         code = f"{order}; from diffusers import WanPipeline; print(hasattr(WanPipeline, 'enable_accel'))"

@@ -46,6 +46,7 @@ def test_tiny_flux_is_in_the_zoo_with_its_defaults_and_prompts():
         si.parse_prompt(p)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", ["colour", "position", "size"])
 def test_samples_follow_the_prompt(reads, label):
     wanted = [si.parse_prompt(p)[label] for p in PROMPTS]

@@ -43,6 +43,7 @@ def test_tiny_vlm_is_a_small_stock_llava_folder_matching_the_training_script(vlm
     assert set(info["heldout_accuracy_per_question"]) == set(tv.QUESTIONS)
 
 
+@pytest.mark.slow
 def test_tiny_vlm_answers_held_out_questions_from_the_image(vlm):
     model, vocab = vlm
     items = tv.heldout(60)

@@ -53,6 +53,7 @@ def test_defaults_put_at_least_256_tokens_through_the_transformer():
     assert tokens >= 256
 
 
+@pytest.mark.slow
 def test_samples_have_the_prompted_colour(samples):
     read = [a["colour"] for a in samples]
     wanted = [p.split()[1] for p in PROMPTS]
@@ -60,6 +61,7 @@ def test_samples_have_the_prompted_colour(samples):
     assert hits >= 0.8 * len(PROMPTS), list(zip(wanted, read))
 
 
+@pytest.mark.slow
 def test_samples_move_in_the_prompted_direction(samples):
     read = [a["direction"] for a in samples]
     wanted = [p.split()[4] for p in PROMPTS]

@@ -8,6 +8,8 @@ pytest.importorskip("diffusers")
 
 from dynaccel.zoo import train_tiny_flux, train_tiny_wan  # noqa: E402
 
+pytestmark = pytest.mark.slow  # out of the inner loop (pytest -m 'not slow'); CI runs it
+
 
 def _quiet(msg, force=False):
     pass

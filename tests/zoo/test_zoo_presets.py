@@ -20,6 +20,7 @@ from dynaccel.hf_integration import bench  # noqa: E402
 CACHE = [s for s in dynaccel.list_strategies() if dynaccel.strategy_info(s)["family"] == "cache"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-wan", "tiny-flux"])
 def test_every_cache_strategy_has_a_preset_that_reproduces_its_provenance(model):
     presets = get_registry().presets

