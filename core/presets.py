@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, PresetError
+from .files import FileReadError, read_bounded
 
 SCHEMA_VERSION = 1
 BUILTIN_DIR = Path(__file__).parent / "presets"
@@ -124,10 +125,11 @@ class Preset:
         """Read a preset file; relative ``*_path`` options (calibration files beside it) become absolute."""
         path = Path(path)
         source = repr(str(path))
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise PresetError(source, None, f"file of {size} bytes; accepted: at most {MAX_FILE_BYTES}")
-        preset = cls.loads(path.read_bytes(), source=source)
+        try:
+            text = read_bounded(path, MAX_FILE_BYTES)
+        except FileReadError as exc:
+            raise PresetError(source, None, exc.reason) from None
+        preset = cls.loads(text, source=source)
         config = dict(preset.config)
         for key, value in config.items():
             if key.endswith("_path") and isinstance(value, str) and value and not Path(value).is_absolute():

@@ -32,7 +32,8 @@ from typing import Any, Callable
 import torch
 
 from ..core.errors import ConfigError, DynaccelError
-from ..core.files import atomic_write
+from ..core.files import atomic_write, read_bounded
+from ..core.presets import MAX_FILE_BYTES
 
 #: diffusers' built-in caches usable as peer rows, with the options each accepts
 # diffusers 0.42's caches for transformer pipelines (TextKVCacheConfig, exact text K/V reuse for NucleusMoE-Image
@@ -166,7 +167,7 @@ def generation_defaults(model: str, path: Path) -> dict[str, Any]:
     if model in zoo.available():
         return zoo.generation_defaults(model)
     extra = path / "dynaccel_generation.json"  # optional per-folder defaults
-    return json.loads(extra.read_text()) if extra.is_file() else {}
+    return json.loads(read_bounded(extra, MAX_FILE_BYTES)) if extra.is_file() else {}
 
 
 # ---- quality ---------------------------------------------------------------------------------------------------
@@ -580,6 +581,7 @@ def write_json_and_plot(out_dir: Path, doc: dict[str, Any], draw: Callable[[Any]
     """Write ``doc`` as JSON and a plot drawn by ``draw(ax)`` (matplotlib, Agg) as PNG in ``out_dir``, each
     atomically (a temporary file, then a rename: no partial file after an error or interruption)."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(exist_ok=True)  # the results folder itself; its parent must exist (no /nonexistent/... trees)
 
     def write_json(tmp):
         Path(tmp).write_text(json.dumps(doc, indent=1, default=str))

@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import ConfigError
-from ...core.files import atomic_write
+from ...core.files import FileReadError, atomic_write, read_bounded
+from ...core.presets import MAX_FILE_BYTES  # calibration files travel with presets: the same limit
 
 
 def load(path: str | Path, fmt: str, option_name: str) -> dict[str, Any]:
     """The ``data`` object of calibration file ``path``; ConfigError naming ``option_name`` when it is not one."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"option {option_name!r}: {str(path)!r} is not valid JSON ({exc})") from exc
+        doc = json.loads(read_bounded(path, MAX_FILE_BYTES))
+    except FileReadError as exc:
+        raise ConfigError(f"option {option_name!r}: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"option {option_name!r}: {str(path)!r} is not a JSON calibration file ({exc}); accepted: "
+                          f"JSON with format {fmt!r}, as dynaccel writes it") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt or not isinstance(doc.get("data"), dict):
         raise ConfigError(
             f"option {option_name!r}: {str(path)!r} is not a calibration file of this strategy; accepted: JSON with "
