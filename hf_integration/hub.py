@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable
 
 from ..core.errors import ConfigError, DynaccelError, PresetError
 from ..core.files import FileReadError, read_bounded
-from ..core.presets import MAX_FILE_BYTES, NAME_PATTERN, Preset, check_config, parse_json
+from ..core.presets import MAX_FILE_BYTES, NAME_PATTERN, Preset, parse_json
+from ..core.registry import check_config
 
 HUB_PREFIX = "hub:"
 SIDE_DIR = "calibration"

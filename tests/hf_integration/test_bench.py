@@ -172,9 +172,11 @@ def test_all_presets_adds_the_models_quality_ladder(folder, monkeypatch, capsys)
     assert exc.value.code == 2 and "no built-in presets for model" in capsys.readouterr().err
 
 
-def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exist(folder, monkeypatch):
-    from dynaccel.core.cli import DEFAULT_BENCH
+# the built-in cache strategies, in registration order: every strategy of the cache family is benched by default
+CACHE_STRATEGIES = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
 
+
+def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exist(folder, monkeypatch):
     seen = []
 
     class Stop(Exception):
@@ -189,6 +191,6 @@ def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exis
         with pytest.raises(Stop):
             main(["bench", "--model", model, "--no-peers"])
     zoo_rows, folder_rows = seen
-    assert zoo_rows == [f"preset:tiny-wan-{s}" for s in DEFAULT_BENCH] + [
+    assert zoo_rows == [f"preset:tiny-wan-{s}" for s in CACHE_STRATEGIES] + [
         "preset:tiny-wan-taylorseer-48db", "preset:tiny-wan-taylorseer-56db"]
-    assert folder_rows == DEFAULT_BENCH  # no presets for a local folder: each strategy at its defaults
+    assert folder_rows == CACHE_STRATEGIES  # no presets for a local folder: each strategy at its defaults
