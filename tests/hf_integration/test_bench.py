@@ -194,3 +194,34 @@ def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exis
     assert zoo_rows == [f"preset:tiny-wan-{s}" for s in CACHE_STRATEGIES] + [
         "preset:tiny-wan-taylorseer-48db", "preset:tiny-wan-taylorseer-56db"]
     assert folder_rows == CACHE_STRATEGIES  # no presets for a local folder: each strategy at its defaults
+
+
+@pytest.mark.parametrize("kind", ["builtin", "file-architecture", "file-model-id"])
+def test_a_preset_for_another_model_is_refused_as_enable_accel_refuses_it(tmp_path, capsys, kind):
+    """`dynaccel bench` runs the same preset target check as enable_accel (one function): a preset tuned for
+    another architecture or zoo model exits 2 with enable_accel's message, before any generation."""
+    from dynaccel.core.errors import PresetError
+    from dynaccel.core.presets import Preset
+
+    if kind == "builtin":
+        setting, field = "preset:tiny-flux-teacache", "architecture"
+    else:
+        preset = Preset(name="elsewhere", strategy="fbcache", config={"threshold": 0.1},
+                        architecture="FluxTransformer2DModel" if kind == "file-architecture" else None,
+                        model_id="tiny-flux" if kind == "file-model-id" else None)
+        path = tmp_path / "elsewhere.json"
+        path.write_text(preset.to_json())
+        setting, field = f"preset:{path}", kind.removeprefix("file-").replace("-", "_")
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--model", "tiny-wan", "--no-peers", "-s", setting, "--repeats", "1",
+              "--out", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()[-1]  # after the pipeline's loading progress bars
+    assert exc.value.code == 2 and "Traceback" not in stderr
+    assert f"field {field!r}" in err
+    assert not (tmp_path / "out").exists()
+    # the same preset, the same model, through enable_accel: the same message
+    pipe = bench.load_pipeline(bench.resolve_model("tiny-wan"))
+    with pytest.raises(PresetError) as refused:
+        pipe.enable_accel(preset=setting.removeprefix("preset:"))
+    assert err == f"Error: {refused.value}"
