@@ -225,3 +225,32 @@ def test_a_preset_for_another_model_is_refused_as_enable_accel_refuses_it(tmp_pa
     with pytest.raises(PresetError) as refused:
         pipe.enable_accel(preset=setting.removeprefix("preset:"))
     assert err == f"Error: {refused.value}"
+
+
+def test_default_strategies_come_from_strategy_metadata(fresh_registry):
+    """Every cache-family strategy is a default row unless it opts out (bench_default = False); another family's
+    strategy opts in with bench_default = True. Nothing in the bench names a strategy."""
+    from dataclasses import dataclass
+
+    import dynaccel
+    from dynaccel.core.config import StrategyConfig, option
+    from dynaccel.core.strategy import Strategy
+
+    @dataclass(frozen=True)
+    class NoopConfig(StrategyConfig):
+        scale: float = option(1.0, doc="unused", min=0.0, max=2.0)
+
+    def strategy(name, family, bench_default=None):
+        return type(name, (Strategy,), {"name": name, "family": family, "Config": NoopConfig,
+                                        "needs_adapter": False, "bench_default": bench_default})
+
+    class Plugin:
+        @dynaccel.hookimpl
+        def register_strategies(self, register):
+            register(strategy("new_cache", "cache"))
+            register(strategy("quiet_cache", "cache", bench_default=False))
+            register(strategy("other_family", "sparse_attention", bench_default=True))
+            register(strategy("other_family_off", "sparse_attention"))
+
+    fresh_registry.get_registry().add_plugin(Plugin(), name="bench-meta")
+    assert bench.default_strategies() == CACHE_STRATEGIES + ["new_cache", "other_family"]
