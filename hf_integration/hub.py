@@ -188,7 +188,10 @@ def stage_repo(presets: Iterable[Preset | str | Path], folder: str | Path, repo_
                 config[key] = dest
         written.append(replace(preset, config=config))
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.parent.is_dir():  # the folder itself is created, never a tree of missing parents
+        raise ConfigError(f"{str(folder)!r}: folder {str(folder.parent)!r} does not exist; accepted: a folder in an "
+                          "existing folder")
+    folder.mkdir(exist_ok=True)
     for src, dest in copies:
         (folder / dest).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, folder / dest)
