@@ -96,7 +96,7 @@ def test_a_hub_preset_file_over_the_limit_is_refused(tmp_path):
     good.write_text(Preset(name="good", strategy="magcache", config={"ratios_path": "calibration/good-ratios.json"}).to_json())
     side = tmp_path / "side.json"
     side.write_bytes(b" " * (MAX_FILE_BYTES + 1))
-    with pytest.raises(PresetError, match=f"field 'config.ratios_path': calibration/good-ratios.json: larger than"):
+    with pytest.raises(PresetError, match="field 'config.ratios_path': calibration/good-ratios.json: larger than"):
         hub._read_preset("good", "hub:org/repo/good", lambda filename: good if filename == "good.json" else side)
 
 
