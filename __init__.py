@@ -9,7 +9,25 @@ custom_nodes/ folder, ComfyUI imports this same file and calls ``comfy_entrypoin
 the node module (and ComfyUI's API) only then.
 """
 
-from .core.api import (
+# The built-in plugins, handed to core here. This file is the composition root: the one module that may name every
+# layer (core, the method families, the surfaces), and Python runs it before any dynaccel.* submodule, so the list is
+# in place before the registry is first built. Core itself stays a leaf that names no plugin; plugins/ holds method
+# families only and must not name the surfaces (comfy_nodes, hf_integration), which also register here.
+# (plugin name, module): loaded in this order; the name is what DYNACCEL_PLUGINS / DYNACCEL_BLOCK_PLUGINS match.
+from .core import plugins as _plugin_manager
+
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("dynaccel.adapters", f"{__name__}.plugins.adapters"),
+    ("dynaccel.cache", f"{__name__}.plugins.cache"),
+    ("dynaccel.sparse_attention", f"{__name__}.plugins.sparse_attention"),
+    ("dynaccel.comfy", f"{__name__}.comfy_nodes.plugin"),
+    ("dynaccel.token_pruning", f"{__name__}.plugins.token_pruning"),
+    ("dynaccel.early_exit", f"{__name__}.plugins.early_exit"),
+    ("dynaccel.hf", f"{__name__}.hf_integration.plugin"),  # CLI commands, hub: presets, zoo model names
+)
+_plugin_manager.set_builtin_plugins(BUILTIN_PLUGINS)
+
+from .core.api import (  # noqa: E402
     AccelWarning,
     accel_stats,
     active_handles,
@@ -19,8 +37,8 @@ from .core.api import (
     list_strategies,
     strategy_info,
 )
-from .core.config import StrategyConfig, option
-from .core.errors import (
+from .core.config import StrategyConfig, option  # noqa: E402
+from .core.errors import (  # noqa: E402
     ConfigError,
     DynaccelError,
     StackingError,
@@ -28,11 +46,11 @@ from .core.errors import (
     UnsupportedModelError,
     UnsupportedTargetError,
 )
-from .core.hookspecs import hookimpl, hookspec
-from .core.presets import Preset
-from .core.strategy import Handle, Strategy
-from .hf_integration import diffusers_pipeline as _diffusers_pipeline
-from .hf_integration import transformers_model as _transformers_model
+from .core.hookspecs import hookimpl, hookspec  # noqa: E402
+from .core.presets import Preset  # noqa: E402
+from .core.strategy import Handle, Strategy  # noqa: E402
+from .hf_integration import diffusers_pipeline as _diffusers_pipeline  # noqa: E402
+from .hf_integration import transformers_model as _transformers_model  # noqa: E402
 
 __version__ = "0.1.0"
 

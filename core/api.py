@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, StackingError, UnsupportedTargetError
+from .errors import ConfigError, PresetError, StackingError, UnsupportedTargetError
 from .presets import Preset
-from .registry import get_registry
+from .registry import check_config, get_registry
 from .strategy import Handle, RunProbe
 
 # target (pipeline or module) -> {family: handle}; weak so that dropping a pipeline frees it
@@ -81,17 +81,17 @@ def _resolve_target(target: Any) -> tuple[list[tuple[str, torch.nn.Module]], Run
 
 
 def resolve_preset(preset: str | Path | Preset) -> Preset:
-    """A preset given by name (built-in or from a plugin), by JSON file path, by Hub reference
-    (``hub:ORG/REPO/NAME[@REVISION]``, read through the huggingface_hub cache), or as a Preset."""
+    """A preset given by name (built-in or from a plugin), by a reference a plugin resolves (the built-in Hub plugin:
+    ``hub:ORG/REPO/NAME[@REVISION]``, read through the huggingface_hub cache), by JSON file path, or as a Preset."""
     if isinstance(preset, Preset):
         return preset
     reg = get_registry()
     if isinstance(preset, str) and preset in reg.presets:
         return reg.presets[preset]
-    if isinstance(preset, str) and preset.startswith("hub:"):
-        from ..hf_integration import hub
-
-        return hub.load_hub_preset(preset)
+    if isinstance(preset, str):
+        found = reg.resolve_preset_reference(preset)
+        if found is not None:
+            return found
     path = Path(preset)
     if path.suffix == ".json" or path.exists():
         if not path.exists():
@@ -107,11 +107,14 @@ def _name_or_path(target: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def check_preset_target(preset: Preset, target: Any, modules: list[tuple[str, torch.nn.Module]]) -> None:
+def check_preset_target(preset: Preset, target: Any, modules: list[tuple[str, torch.nn.Module]] | None = None) -> None:
     """Refuse a preset tuned for another model: its ``architecture`` must be the denoiser's class, and its
-    ``model_id`` must match where the target says which model it is (a Hub id, or a zoo model's folder)."""
-    from .errors import PresetError
+    ``model_id`` must match where the target says which model it is (a Hub id, or a local folder a plugin
+    identifies, e.g. a zoo model's). ``modules``: the target's denoisers (default: found as enable_accel finds them).
 
+    The one check every surface runs before using a preset (``enable_accel``, ``dynaccel bench``)."""
+    if modules is None:
+        modules = _resolve_target(target)[0]
     hint = f"to apply its options anyway: enable_accel(target, {preset.strategy!r}, **preset.config)"
     if preset.architecture:
         classes = sorted({type(m).__name__ for _, m in modules})
@@ -120,13 +123,10 @@ def check_preset_target(preset: Preset, target: Any, modules: list[tuple[str, to
                               f"the preset is for {preset.architecture}; this model is {', '.join(classes)}; {hint}")
     loaded_from = _name_or_path(target)
     if preset.model_id and loaded_from:
-        from .. import zoo
-
         here = Path(loaded_from)
-        if here.exists():  # a local folder: only a zoo model says which model it is
-            zoo_name = next((n for n in zoo.available() if here.resolve() == Path(zoo.path(n)).resolve()), None)
-            mismatch = zoo_name is not None and preset.model_id in zoo.available() and preset.model_id != zoo_name
-            actual = zoo_name
+        if here.exists():  # a local folder: a plugin may know which model it holds (a Hub id cannot be compared)
+            actual = get_registry().identify_model(str(here))
+            mismatch = actual is not None and "/" not in preset.model_id and preset.model_id != actual
         else:  # a Hub id
             mismatch, actual = preset.model_id.lower() != loaded_from.lower(), loaded_from  # Hub ids ignore case
         if mismatch:
@@ -169,8 +169,6 @@ def enable_accel(target: Any, name: str | None = None, *, preset: str | Path | P
     """
     reg = get_registry()
     if preset is not None:
-        from .presets import check_config
-
         p = resolve_preset(preset)
         if name is not None and name != p.strategy:
             raise ConfigError(f"preset {p.name!r}: field 'strategy': the preset is for strategy {p.strategy!r}, "

@@ -1,18 +1,21 @@
-"""The ``dynaccel`` command line: ``plugins``, ``strategies [NAME]``, ``presets``; plugins add more.
+"""The ``dynaccel`` command line: the root group, ``plugins``, ``strategies [NAME]``, ``presets [list]``.
 
     dynaccel plugins                 # every plugin with its strategies, family, distribution and version
     dynaccel strategies              # one line per strategy
     dynaccel strategies teacache     # its config fields: type, default, range, doc
     dynaccel strategies --json       # the same for machines
-    dynaccel presets [list|push REPO_ID|pull REPO_ID]   # presets; Hugging Face Hub push/pull
-    dynaccel demo                    # Gradio app on 127.0.0.1 (needs the demo extra)
+    dynaccel presets                 # presets with their provenance
+
+Every other command comes from a plugin's ``register_commands`` hook, the built-in ones too: ``bench``,
+``calibrate``, ``demo``, ``quickstart`` and ``presets push|pull`` are registered by the built-in plugin
+``dynaccel.hf`` (``dynaccel.hf_integration.commands``) exactly as a third party's commands are.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
+import warnings
 
 import click
 
@@ -26,7 +29,7 @@ def cli() -> None:
     """dynaccel: training-free dynamic inference acceleration."""
 
 
-def _table(rows: list[list[str]], headers: list[str]) -> str:
+def table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -63,7 +66,7 @@ def plugins(as_json: bool) -> None:
         ]
         for e in entries
     ]
-    click.echo(_table(rows, ["plugin", "strategies (family)", "adapters", "distribution", "version"]))
+    click.echo(table(rows, ["plugin", "strategies (family)", "adapters", "distribution", "version"]))
 
 
 @cli.command()
@@ -78,7 +81,7 @@ def strategies(name: str | None, as_json: bool) -> None:
             click.echo(json.dumps(described, indent=2))
             return
         rows = [[d["name"], d["family"], d["summary"]] for d in described]
-        click.echo(_table(rows, ["strategy", "family", "what it does"]))
+        click.echo(table(rows, ["strategy", "family", "what it does"]))
         return
     d = reg.strategy(name).describe()
     if as_json:
@@ -95,14 +98,14 @@ def strategies(name: str | None, as_json: bool) -> None:
         else:
             rng = "-"
         rows.append([f["name"], f["type"], repr(f["default"]), rng, f["doc"]])
-    click.echo(_table(rows, ["option", "type", "default", "range", "doc"]))
+    click.echo(table(rows, ["option", "type", "default", "range", "doc"]))
 
 
 @cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
 def presets(ctx: click.Context, as_json: bool) -> None:
-    """List presets (the default), or push them to / pull them from the Hugging Face Hub."""
+    """List presets (the default); plugins add subcommands (the built-in Hub plugin: push, pull)."""
     if ctx.invoked_subcommand is None:
         _list_presets(as_json)
 
@@ -114,7 +117,7 @@ def _list_presets(as_json: bool) -> None:
         click.echo(json.dumps([json.loads(p.to_json()) for p in items], indent=2))
         return
     rows = [[p.name, p.strategy, json.dumps(p.config), p.architecture or "-", p.provenance.get("source", "-")] for p in items]
-    click.echo(_table(rows, ["preset", "strategy", "config", "architecture", "source"]))
+    click.echo(table(rows, ["preset", "strategy", "config", "architecture", "source"]))
 
 
 @presets.command("list")
@@ -124,249 +127,39 @@ def presets_list(as_json: bool) -> None:
     _list_presets(as_json)
 
 
-@presets.command("push")
-@click.argument("repo_id")
-@click.option("-p", "--preset", "names", multiple=True, required=True,
-              help="preset name or JSON file; repeatable (all go into one commit with a generated model card)")
-@click.option("--private", is_flag=True, help="create the repo as private")
-@click.option("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
-@click.option("--dry-run", "dry_run", type=click.Path(file_okay=False), default=None,
-              help="write the repo's files (presets, calibration files, README.md) to this folder; upload nothing")
-def presets_push(repo_id, names, private, endpoint, dry_run):
-    """Upload presets to the Hugging Face Hub model repo REPO_ID (created if missing; token from HF_TOKEN)."""
-    from ..hf_integration import hub
-
-    if dry_run:
-        written = hub.stage_repo(names, dry_run, hub.check_repo_id(repo_id))
-        click.echo(f"wrote {len(written)} preset(s) and README.md to {dry_run} (nothing uploaded)")
-        return
-    url = hub.push_presets(repo_id, names, endpoint=endpoint, private=private)
-    click.echo(f"pushed {', '.join(names)} to {repo_id}: {url}")
-    click.echo(f"use with: pipe.enable_accel(preset=\"hub:{repo_id}/NAME\")")
-
-
-@presets.command("pull")
-@click.argument("repo_id")
-@click.option("--revision", default=None, help="branch, tag or commit (default: main)")
-@click.option("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="huggingface_hub cache folder (default: HF_HUB_CACHE)")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="also copy the validated presets (and calibration files) to this folder")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def presets_pull(repo_id, revision, endpoint, cache_dir, out, as_json):
-    """Download a preset repo into the huggingface_hub cache and validate every preset in it."""
-    from ..hf_integration import hub
-
-    pulled = hub.pull_presets(repo_id, revision=revision, endpoint=endpoint, cache_dir=cache_dir)
-    if out:
-        hub.stage_repo(pulled, out, repo_id)
-    if as_json:
-        click.echo(json.dumps([json.loads(p.to_json()) for p in pulled], indent=2))
-        return
-    rows = []
-    for p in pulled:
-        m = p.provenance.get("measured", {}) if isinstance(p.provenance.get("measured"), dict) else {}
-        speed = m.get("speedup", p.provenance.get("speedup"))
-        rows.append([f"hub:{repo_id}/{p.name}", p.strategy, p.model_id or p.architecture or "-",
-                     f"{speed:.2f}x" if isinstance(speed, (int, float)) else "-",
-                     f"{m['psnr_db']:.2f}" if isinstance(m.get("psnr_db"), (int, float)) else "-"])
-    click.echo(_table(rows, ["preset", "strategy", "model", "speedup", "PSNR (dB)"]))
-    if out:
-        click.echo(f"\ncopied to {out}")
-
-
-@cli.command()
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(2, 1000), help="denoising steps")
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 100), help="timed repeats (median)")
-def quickstart(steps: int, repeats: int) -> None:
-    """Run every cache strategy on a tiny Wan pipeline built from config and print speed and drift."""
-    from ..hf_integration import quickstart as qs
-
-    click.echo("dynaccel quickstart: tiny WanPipeline built from config (random weights, CPU, 1 thread);")
-    click.echo(f"{steps} steps with CFG, same seed; PSNR of the final latents against full compute.\n")
-    click.echo(qs.format_table(qs.run(steps=steps, repeats=repeats)))
-
-
-DEFAULT_BENCH = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
-# higher-quality presets added to the default rows where the model has them: they face diffusers' defaults, which
-# sit at 47-55 dB on the zoo models (``--all-presets`` gives every preset)
-DEFAULT_EXTRA_PRESETS = ["taylorseer-48db", "taylorseer-56db"]
-# every cache diffusers 0.42 offers for transformer pipelines; one that cannot run on the model is reported, not run
-DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorseer", "diffusers:seacache",
-                 "diffusers:pab", "diffusers:fastercache"]
-
-
-@cli.command()
-@click.option("--model", default="tiny-wan", show_default=True,
-              help="zoo model name (tiny-wan, tiny-flux, tiny-vlm), smollm2, or a local diffusers pipeline folder")
-@click.option("-s", "--setting", "settings", multiple=True,
-              help="strategy[:key=value,...], preset:NAME_OR_PATH[:key=value,...] or diffusers:NAME[:key=value,...]; repeatable "
-                   "(default: every dynaccel cache strategy, from the model's built-in presets where they exist)")
-@click.option("--peers/--no-peers", default=True, show_default=True, help="add diffusers' built-in cache rows")
-@click.option("--prompt", "prompts", multiple=True, help="repeatable (default: the zoo model's four prompts)")
-@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
-@click.option("--steps", type=click.IntRange(2, 1000), default=None, help="denoising steps (default: the model's)")
-@click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True, help="timed passes (median)")
-@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="torch threads")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-out", show_default=True,
-              help="folder for bench.json and bench.png")
-@click.option("--items", type=click.IntRange(1, 10000), default=300, show_default=True,
-              help="tiny-vlm: held-out questions scored for accuracy")
-@click.option("--all-presets", is_flag=True,
-              help="add every built-in preset of the model (its extra quality targets too: a quality ladder)")
-def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_dir, items, all_presets):
-    """Speed and quality of acceleration settings against full compute on one pipeline, or on a transformers model
-    (--model tiny-vlm or smollm2: token strategies; prefill, decode, memory, accuracy or agreement)."""
-    from pathlib import Path
-
-    from ..hf_integration import bench as b
-    from ..hf_integration import bench_tokens as bt
-
-    if bt.is_transformers_model(model):
-        parsed = [b.parse_setting(x) for x in settings or bt.default_settings(model)]
-        rows = bt.run(model, parsed, repeats=repeats, heldout_items=items, threads=threads)
-        meta = {"model": model, "settings": [s.label for s in parsed], "repeats": repeats,
-                "heldout_items": items if model != bt.SMOLLM2 else None, "machine": b.machine(),
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        click.echo(bt.format_table(rows))
-        json_path, png_path = bt.write_results(Path(out_dir), rows, meta)
-        click.echo(f"\nwrote {json_path} and {png_path}")
-        return
-
-    names = get_registry().presets
-    if not settings:  # a zoo model's built-in presets where they exist, else each strategy at its defaults
-        settings = [f"preset:{model}-{s}" if f"{model}-{s}" in names else s for s in DEFAULT_BENCH]
-        settings += [f"preset:{model}-{s}" for s in DEFAULT_EXTRA_PRESETS if f"{model}-{s}" in names]
-    if all_presets:
-        ladder = [f"preset:{n}" for n in sorted(names) if names[n].model_id == model]
-        if not ladder:
-            raise click.BadParameter(f"no built-in presets for model {model!r}", param_hint="--all-presets")
-        settings = list(settings) + [x for x in ladder if x not in settings]
-    parsed = [b.parse_setting(x) for x in settings]
-    if peers and not any(p.kind == "diffusers" for p in parsed):
-        parsed += [b.parse_setting(x) for x in DEFAULT_PEERS]
-    try:
-        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{seeds!r}; accepted: comma-separated integers, e.g. 0,1,2", param_hint="--seeds")
-    path = b.resolve_model(model)
-    pipe = b.load_pipeline(path)
-    b.validate_settings(pipe, parsed)
-    call = b.generation_defaults(model, path)
-    if steps is not None:
-        call["num_inference_steps"] = steps
-    prompts = list(prompts) or b.default_prompts(model)
-    not_run: list[dict[str, str]] = []
-    rows = b.run_bench(pipe, parsed, prompts, seed_list, call, repeats, threads, not_run=not_run)
-    meta = {"model": model, "path": str(path), "call": call, "prompts": prompts,
-            "seeds": seed_list, "repeats": repeats, "machine": b.machine(), "date": time.strftime("%Y-%m-%d"),
-            "not_run": not_run}
-    click.echo(b.format_table(rows))
-    for item in not_run:
-        click.echo(f"not run: {item['setting']} failed on {type(pipe).__name__} ({item['error']})")
-    json_path, png_path = b.write_results(Path(out_dir), rows, meta)
-    click.echo(f"\nwrote {json_path} and {png_path}")
-
-
-@cli.command()
-@click.option("--model", default="tiny-wan", show_default=True, help="zoo model name or local diffusers pipeline folder")
-@click.option("--strategy", required=True, help="the strategy to calibrate, e.g. teacache")
-@click.option("--min-psnr", type=float, default=30.0, show_default=True, help="quality target against full compute (dB)")
-@click.option("--fit-prompt", "fit_prompts", multiple=True, help="prompts for fitting (default: two built-in ones)")
-@click.option("--heldout-prompt", "heldout_prompts", multiple=True, help="prompts for the threshold search")
-@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
-@click.option("--steps", type=click.IntRange(2, 1000), default=None, help="denoising steps (default: the model's)")
-@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="torch threads")
-@click.option("--caps", default=None,
-              help="comma-separated skip caps to search for strategies with one (e.g. taylorseer's max_interval); "
-                   "default: the option's default and 2,3,4,6")
-@click.option("--set", "fixed", multiple=True,
-              help="key=value: an option held fixed while searching (e.g. order=2 for taylorseer); repeatable")
-@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="preset JSON to write")
-def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, caps, fixed, out):
-    """Fit a strategy to a pipeline and write the fastest preset that meets --min-psnr on held-out prompts."""
-    from pathlib import Path
-
-    import torch
-
-    from ..hf_integration import bench as b
-    from ..hf_integration import calibrate as c
-
-    get_registry().strategy(strategy)  # unknown names fail before loading anything
-    base = b.parse_setting(f"{strategy}:{','.join(fixed)}").config if fixed else {}
-    if "threshold" in base:
-        raise click.BadParameter("threshold is what calibrate searches; fix other options", param_hint="--set")
-    try:
-        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{seeds!r}; accepted: comma-separated integers, e.g. 0,1,2", param_hint="--seeds")
-    try:
-        cap_list = [int(x) for x in caps.split(",") if x.strip()] if caps else None
-    except ValueError:
-        raise click.BadParameter(f"{caps!r}; accepted: comma-separated integers, e.g. 2,4", param_hint="--caps")
-    torch.set_num_threads(threads)
-    path = b.resolve_model(model)
-    pipe = b.load_pipeline(path)
-    call = b.generation_defaults(model, path)
-    if steps is not None:
-        call["num_inference_steps"] = steps
-    fit = list(fit_prompts) or b.default_prompts(model)[:2]
-    held = list(heldout_prompts) or b.default_prompts(model)[2:]
-    result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent,
-                         caps=cap_list, base_config=base)
-    click.echo(b.format_table(result.rows))
-    written = c.write_preset(result, Path(out))
-    m = result.preset.provenance["measured"]
-    click.echo(f"\nchose {result.chosen.label}: {m['speedup']:.2f}x at {m['psnr_db']:.2f} dB; wrote "
-               + ", ".join(map(str, written)))
-
-
-@cli.command()
-@click.option("--model", default="tiny-wan", show_default=True, help="zoo model name or local diffusers pipeline folder")
-@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535), help="port on 127.0.0.1")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch threads (default: torch's)")
-@click.option("--no-warmup", is_flag=True, help="time the first generation of each side (no warm-up run)")
-def demo(model, port, threads, no_warmup):
-    """Gradio app on 127.0.0.1 (no share link): baseline vs accelerated side by side, and threshold sweeps."""
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise click.ClickException('the demo needs Gradio: pip install -c constraints.txt -e ".[demo]"') from None
-    import torch
-
-    from ..hf_integration import demo as d
-
-    if threads:
-        torch.set_num_threads(threads)
-    d.launch(model, port=port, warmup=not no_warmup)
-
-
-_commands_loaded = False
+_commands_added_for: object = None  # the registry whose plugins' commands are on ``cli``
 
 
 def _load_plugin_commands() -> None:
-    global _commands_loaded
-    if not _commands_loaded:
-        get_registry().pm.hook.register_commands(cli=cli)
-        _commands_loaded = True
+    """Let every plugin add its commands (once per registry; a plugin whose hook raises is skipped with a warning)."""
+    global _commands_added_for
+    reg = get_registry()
+    if _commands_added_for is not reg:
+        reg.register_commands(cli)
+        _commands_added_for = reg
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"Warning: {message}", err=True)  # one line, no source location
 
 
 def main(argv: list[str] | None = None) -> None:
-    _load_plugin_commands()
-    try:
-        cli.main(args=argv, prog_name="dynaccel", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted!", err=True)
-        sys.exit(1)
-    except DynaccelError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            _load_plugin_commands()
+            cli.main(args=argv, prog_name="dynaccel", standalone_mode=False)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except DynaccelError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

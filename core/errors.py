@@ -48,3 +48,8 @@ class PresetError(ConfigError):
         self.preset, self.field = preset, field
         where = f"preset {preset}" + (f": field {field!r}" if field else "")
         super().__init__(f"{where}: {message}")
+
+
+class PluginWarning(UserWarning):
+    """A plugin, or one thing it registers, was skipped (failed to import, hook raised, name already taken);
+    everything else keeps working."""

@@ -12,7 +12,7 @@ Preset JSON (schema version 1)::
 
 A preset is data only: it is parsed as JSON (never unpickled, never executed) and checked field by field. Unknown
 fields, wrong types, non-finite or huge numbers, deep nesting, over-long strings, a wrong schema version, and
-(through :func:`check_config`) options the strategy does not accept raise :class:`PresetError` naming the preset
+(through :func:`dynaccel.core.registry.check_config`) options the strategy does not accept raise :class:`PresetError` naming the preset
 and the field.
 """
 
@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, PresetError
+from .errors import PresetError
+from .files import FileReadError, read_bounded
 
 SCHEMA_VERSION = 1
 BUILTIN_DIR = Path(__file__).parent / "presets"
@@ -124,10 +125,11 @@ class Preset:
         """Read a preset file; relative ``*_path`` options (calibration files beside it) become absolute."""
         path = Path(path)
         source = repr(str(path))
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise PresetError(source, None, f"file of {size} bytes; accepted: at most {MAX_FILE_BYTES}")
-        preset = cls.loads(path.read_bytes(), source=source)
+        try:
+            text = read_bounded(path, MAX_FILE_BYTES)
+        except FileReadError as exc:
+            raise PresetError(source, None, exc.reason) from None
+        preset = cls.loads(text, source=source)
         config = dict(preset.config)
         for key, value in config.items():
             if key.endswith("_path") and isinstance(value, str) and value and not Path(value).is_absolute():
@@ -184,23 +186,6 @@ def _check_value(value: Any, where: str, label: str, depth: int) -> None:
             _check_value(item, f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]", label, depth + 1)
     else:
         raise PresetError(label, where, f"got {type(value).__name__}; accepted: JSON data")
-
-
-def check_config(preset: Preset) -> Any:
-    """The strategy's validated Config for ``preset``; a bad option raises :class:`PresetError` naming it."""
-    from .errors import UnknownStrategyError
-    from .registry import get_registry
-
-    label = repr(preset.name)
-    try:
-        cls = get_registry().strategy(preset.strategy)
-    except UnknownStrategyError as exc:
-        raise PresetError(label, "strategy", str(exc)) from None
-    try:
-        return cls.Config.from_kwargs(preset.strategy, **preset.config)
-    except ConfigError as exc:
-        option = next((k for k in preset.config if f"'{k}'" in str(exc)), None)
-        raise PresetError(label, f"config.{option}" if option else "config", str(exc)) from None
 
 
 def load_builtin_presets(prefix: str) -> list[Preset]:

@@ -1,13 +1,21 @@
-"""The loaded registry: strategies, model adapters and presets collected from all plugins."""
+"""The loaded registry: strategies, model adapters and presets collected from all plugins.
+
+Each plugin's hook is called on its own (``pm.subset_hook_caller`` with every other plugin removed), for two
+reasons: what a plugin registers is recorded against that plugin (``dynaccel plugins``, and warnings that name
+both plugins of a name clash), and one plugin whose hook raises cannot stop the others (a single hook call stops
+at the first exception). A plugin that fails, or registers an invalid item or a name another plugin took first, is
+skipped (the failing call entirely; a clashing item alone) with a :class:`~dynaccel.core.errors.PluginWarning`
+naming both plugins and their distributions; everything else keeps working.
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from .adapters import ModelAdapter
-from .errors import PluginError, UnknownStrategyError, UnsupportedModelError
-from .plugins import PluginInfo, build_plugin_manager
+from .errors import ConfigError, PluginError, PresetError, UnknownStrategyError, UnsupportedModelError
+from .plugins import PluginInfo, build_plugin_manager, warn
 from .presets import Preset
 from .strategy import Strategy
 
@@ -18,46 +26,121 @@ class Registry:
         self.strategies: dict[str, type[Strategy]] = {}
         self.adapters: list[type[ModelAdapter]] = []
         self.presets: dict[str, Preset] = {}
+        self._strategy_owner: dict[str, str] = {}
+        self._preset_owner: dict[str, str] = {}
         self._collect()
 
+    # ---- calling hooks plugin by plugin ---------------------------------------------------------------------------
+
+    def _who(self, plugin_name: str) -> str:
+        info = self.plugins.get(plugin_name)
+        return info.describe() if info is not None else f"plugin {plugin_name!r}"
+
+    def call_each(self, hook_name: str, kwargs: Callable[[str], dict[str, Any]], commit: Callable[[str], None] = None
+                  ) -> None:
+        """Call ``hook_name`` once per plugin that implements it (registration order), with ``kwargs(plugin)``.
+
+        A call that raises is reported as a PluginWarning and skipped; ``commit(plugin)`` runs after each call that
+        succeeded (so what a failing call registered part-way is dropped)."""
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            name = impl.plugin_name
+            others = [p for n, p in self.pm.list_name_plugin() if n != name and p is not None]
+            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+            try:
+                caller(**kwargs(name))
+            except Exception as exc:
+                warn(f"{self._who(name)}: its {hook_name} hook raised {type(exc).__name__}: {exc}; skipped (other "
+                     "plugins are unaffected)")
+                continue
+            if commit is not None:
+                commit(name)
+
     def _collect(self) -> None:
-        for impl in self.pm.hook.register_strategies.get_hookimpls():
-            info = self._info(impl.plugin_name)
+        staged: dict[str, list[Any]] = {}
 
-            def register(cls: type[Strategy], _info: PluginInfo | None = info) -> None:
-                for attr in ("name", "family", "Config"):
-                    if not hasattr(cls, attr):
-                        raise PluginError(f"strategy {cls!r} from plugin {_info and _info.name!r} lacks {attr!r}")
-                cls.Config.fields_info()  # validates the schema
-                if cls.name in self.strategies:
-                    raise PluginError(
-                        f"strategy {cls.name!r} registered twice (plugin {_info and _info.name!r}); names must be unique"
-                    )
+        def strategy_register(plugin: str) -> dict[str, Any]:
+            staged[plugin] = []
+
+            def register(cls: type[Strategy]) -> None:
+                missing = [a for a in ("name", "family", "Config") if not hasattr(cls, a)]
+                if missing:
+                    warn(f"{self._who(plugin)}: strategy {cls!r} lacks {missing[0]!r}; skipped")
+                    return
+                try:
+                    cls.Config.fields_info()  # validates the schema
+                except Exception as exc:
+                    warn(f"{self._who(plugin)}: strategy {cls.name!r} has an invalid Config ({exc}); skipped")
+                    return
+                owner = self._strategy_owner.get(cls.name) or (
+                    plugin if any(c.name == cls.name for c in staged[plugin]) else None)
+                if owner is not None:
+                    warn(f"strategy {cls.name!r} of {self._who(plugin)} skipped: the name is already registered by "
+                         f"{self._who(owner)}; strategy names must be unique")
+                    return
+                staged[plugin].append(cls)
+
+            return {"register": register}
+
+        def strategy_commit(plugin: str) -> None:
+            for cls in staged.pop(plugin):
                 self.strategies[cls.name] = cls
-                if _info is not None:
-                    _info.strategies.append(cls.name)
+                self._strategy_owner[cls.name] = plugin
+                if plugin in self.plugins:
+                    self.plugins[plugin].strategies.append(cls.name)
 
-            impl.function(register=register)
+        self.call_each("register_strategies", strategy_register, strategy_commit)
 
-        for impl in self.pm.hook.register_model_adapters.get_hookimpls():
-            info = self._info(impl.plugin_name)
+        def adapter_register(plugin: str) -> dict[str, Any]:
+            staged[plugin] = []
 
-            def register_adapter(cls: type[ModelAdapter], _info: PluginInfo | None = info) -> None:
+            def register(cls: type[ModelAdapter]) -> None:
+                if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
+                    warn(f"{self._who(plugin)}: {cls!r} is not a ModelAdapter subclass; skipped")
+                    return
+                staged[plugin].append(cls)
+
+            return {"register": register}
+
+        def adapter_commit(plugin: str) -> None:
+            for cls in staged.pop(plugin):
                 self.adapters.append(cls)
-                if _info is not None:
-                    _info.adapters.append(cls.name)
+                if plugin in self.plugins:
+                    self.plugins[plugin].adapters.append(cls.name)
 
-            impl.function(register=register_adapter)
+        self.call_each("register_model_adapters", adapter_register, adapter_commit)
 
-        for impl in self.pm.hook.register_presets.get_hookimpls():
-            info = self._info(impl.plugin_name)
+        def preset_register(plugin: str) -> dict[str, Any]:
+            staged[plugin] = []
 
-            def register_preset(preset: Preset, _info: PluginInfo | None = info) -> None:
+            def register(preset: Preset) -> None:
+                if not isinstance(preset, Preset):
+                    warn(f"{self._who(plugin)}: {preset!r} is not a Preset; skipped")
+                    return
+                owner = self._preset_owner.get(preset.name) or (
+                    plugin if any(p.name == preset.name for p in staged[plugin]) else None)
+                if owner is not None:
+                    warn(f"preset {preset.name!r} of {self._who(plugin)} skipped: the name is already registered by "
+                         f"{self._who(owner)}; the first one is kept")
+                    return
+                staged[plugin].append(preset)
+
+            return {"register": register}
+
+        def preset_commit(plugin: str) -> None:
+            for preset in staged.pop(plugin):
                 self.presets[preset.name] = preset
-                if _info is not None:
-                    _info.presets.append(preset.name)
+                self._preset_owner[preset.name] = plugin
+                if plugin in self.plugins:
+                    self.plugins[plugin].presets.append(preset.name)
 
-            impl.function(register=register_preset)
+        self.call_each("register_presets", preset_register, preset_commit)
+
+    def register_commands(self, cli: Any) -> None:
+        """Let every plugin add its commands to the root click group ``cli`` (a failing plugin is skipped)."""
+        self.call_each("register_commands", lambda plugin: {"cli": cli})
+
+    # ---- plugins at run time --------------------------------------------------------------------------------------
 
     def add_plugin(self, plugin: Any, name: str | None = None) -> str:
         """Register a plugin object or module at run time (tests, notebooks); returns its name."""
@@ -80,14 +163,15 @@ class Registry:
         self.strategies.clear()
         self.adapters.clear()
         self.presets.clear()
+        self._strategy_owner.clear()
+        self._preset_owner.clear()
         for info in self.plugins.values():
             info.strategies.clear()
             info.adapters.clear()
             info.presets.clear()
         self._collect()
 
-    def _info(self, plugin_name: str) -> PluginInfo | None:
-        return self.plugins.get(plugin_name)
+    # ---- lookups --------------------------------------------------------------------------------------------------
 
     def strategy(self, name: str) -> type[Strategy]:
         try:
@@ -95,6 +179,14 @@ class Registry:
         except KeyError:
             available = ", ".join(sorted(self.strategies)) or "(none loaded)"
             raise UnknownStrategyError(f"unknown strategy {name!r}; available: {available}") from None
+
+    def resolve_preset_reference(self, reference: str) -> Preset | None:
+        """The preset a plugin resolves ``reference`` to (e.g. ``hub:ORG/REPO/NAME``), or None."""
+        return self.pm.hook.resolve_preset(reference=reference)
+
+    def identify_model(self, path: str) -> str | None:
+        """The name a plugin gives the model in local folder ``path`` (e.g. a zoo model's), or None."""
+        return self.pm.hook.identify_model(path=path)
 
     def find_adapter(self, model: Any) -> ModelAdapter | None:
         # later registrations win, so a third-party adapter can refine a built-in one
@@ -135,3 +227,19 @@ def reload() -> Registry:
     with _lock:
         _registry = Registry()
         return _registry
+
+
+def check_config(preset: Preset) -> Any:
+    """The strategy's validated Config for ``preset``; a bad option raises :class:`PresetError` naming it.
+
+    (Here rather than in ``presets``: it needs the registry, and the registry needs presets.)"""
+    label = repr(preset.name)
+    try:
+        cls = get_registry().strategy(preset.strategy)
+    except UnknownStrategyError as exc:
+        raise PresetError(label, "strategy", str(exc)) from None
+    try:
+        return cls.Config.from_kwargs(preset.strategy, **preset.config)
+    except ConfigError as exc:
+        option = next((k for k in preset.config if f"'{k}'" in str(exc)), None)
+        raise PresetError(label, f"config.{option}" if option else "config", str(exc)) from None

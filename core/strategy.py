@@ -32,6 +32,9 @@ class Strategy:
     needs_capabilities: ClassVar[frozenset[str]] = frozenset()
     #: families this strategy refuses to share a model with (besides its own, which is replaced)
     conflicts_with: ClassVar[frozenset[str]] = frozenset()
+    #: whether ``dynaccel bench`` runs it in its default rows on a diffusers pipeline; None: by family (the bench
+    #: measures step caching: every strategy of family ``cache`` is run, a third party's too)
+    bench_default: ClassVar[bool | None] = None
 
     def apply(self, target: Any, config: StrategyConfig, adapter: Any, run_probe: RunProbe | None) -> "Handle":
         raise NotImplementedError

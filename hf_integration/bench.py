@@ -32,7 +32,8 @@ from typing import Any, Callable
 import torch
 
 from ..core.errors import ConfigError, DynaccelError
-from ..core.files import atomic_write
+from ..core.files import atomic_write, read_bounded
+from ..core.presets import MAX_FILE_BYTES
 
 #: diffusers' built-in caches usable as peer rows, with the options each accepts
 # diffusers 0.42's caches for transformer pipelines (TextKVCacheConfig, exact text K/V reuse for NucleusMoE-Image
@@ -56,6 +57,16 @@ def default_prompts(model: str) -> list[str]:
     return list(DEFAULT_PROMPTS)
 
 
+def default_strategies() -> list[str]:
+    """The strategies ``dynaccel bench`` runs when given no ``-s`` on a diffusers pipeline, in registration order:
+    each with ``bench_default = True``, and each of the cache family that does not opt out (``bench_default =
+    False``). Read from the registry, so a third party's cache strategy is benched with no edit here."""
+    from ..core.registry import get_registry
+
+    return [name for name, cls in get_registry().strategies.items()
+            if (cls.family == "cache" if cls.bench_default is None else cls.bench_default)]
+
+
 class BenchError(DynaccelError):
     """Bad input to bench/calibrate: a missing model folder, an inapplicable strategy, an unreachable target."""
 
@@ -68,6 +79,7 @@ class Setting:
     strategy: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     preset: str = ""  # the preset it came from, if any (then the label)
+    source: Any = field(default=None, repr=False, compare=False)  # that Preset, checked against the model
 
     @property
     def label(self) -> str:
@@ -121,7 +133,7 @@ def parse_setting(text: str) -> Setting:
             ref, overrides = head, _options(text, tail)
         preset = resolve_preset(ref)
         label = preset.name + (":" + ",".join(f"{k}={_short(v)}" for k, v in overrides.items()) if overrides else "")
-        return Setting("dynaccel", preset.strategy, {**preset.config, **overrides}, preset=label)
+        return Setting("dynaccel", preset.strategy, {**preset.config, **overrides}, preset=label, source=preset)
     kind = "dynaccel"
     if text.startswith("diffusers:"):
         kind, text = "diffusers", text[len("diffusers:"):]
@@ -166,7 +178,7 @@ def generation_defaults(model: str, path: Path) -> dict[str, Any]:
     if model in zoo.available():
         return zoo.generation_defaults(model)
     extra = path / "dynaccel_generation.json"  # optional per-folder defaults
-    return json.loads(extra.read_text()) if extra.is_file() else {}
+    return json.loads(read_bounded(extra, MAX_FILE_BYTES)) if extra.is_file() else {}
 
 
 # ---- quality ---------------------------------------------------------------------------------------------------
@@ -274,13 +286,17 @@ def _denoiser(pipe) -> torch.nn.Module:
 
 
 def validate_settings(pipe, settings: list[Setting]) -> None:
-    """Everything that can fail before a single generation: names, options, model support."""
+    """Everything that can fail before a single generation: names, options, model support, and a preset's target
+    (the check ``enable_accel`` runs: a preset tuned for another architecture or model is refused)."""
+    from ..core.api import check_preset_target
     from ..core.registry import get_registry
 
     reg = get_registry()
     for s in settings:
         if s.kind != "dynaccel":
             continue
+        if s.source is not None:
+            check_preset_target(s.source, pipe)
         cls = reg.strategy(s.strategy)
         cls.Config.from_kwargs(s.strategy, **s.config)
         if cls.needs_adapter:
@@ -580,6 +596,7 @@ def write_json_and_plot(out_dir: Path, doc: dict[str, Any], draw: Callable[[Any]
     """Write ``doc`` as JSON and a plot drawn by ``draw(ax)`` (matplotlib, Agg) as PNG in ``out_dir``, each
     atomically (a temporary file, then a rename: no partial file after an error or interruption)."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(exist_ok=True)  # the results folder itself; its parent must exist (no /nonexistent/... trees)
 
     def write_json(tmp):
         Path(tmp).write_text(json.dumps(doc, indent=1, default=str))

@@ -176,11 +176,16 @@ def enabled(model, setting: Setting):
 
 
 def validate_settings(model, settings: list[Setting]) -> None:
-    """Every setting must be a dynaccel strategy (or full) that applies to ``model``; the model is left unchanged."""
+    """Every setting must be a dynaccel strategy (or full) that applies to ``model``, a preset one tuned for it
+    (``enable_accel``'s check); the model is left unchanged."""
+    from ..core.api import check_preset_target
+
     for s in settings:
         if s.kind == "diffusers":
             raise ConfigError(f"setting {s.label!r}: diffusers caches apply to diffusers pipelines, not to "
                               f"{type(model).__name__}; accepted here: full, a token strategy, preset:NAME")
+        if s.source is not None:
+            check_preset_target(s.source, model)
         with enabled(model, s):
             pass
 

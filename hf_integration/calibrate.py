@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.files import atomic_write
-from ..core.presets import Preset
+from ..core.files import atomic_write, read_bounded
+from ..core.presets import MAX_FILE_BYTES, Preset
 from ..core.registry import get_registry
 from . import bench
 
@@ -130,7 +130,7 @@ def calibrate(
         del handle
         if not tmp.exists():
             raise bench.BenchError(f"{strategy} calibration run wrote no calibration data")
-        side_file = json.loads(tmp.read_text())
+        side_file = json.loads(read_bounded(tmp, MAX_FILE_BYTES))
         config[option] = str(tmp)
     grid = thresholds or threshold_grid(strategy)
     baseline: dict[str, Any] = {}

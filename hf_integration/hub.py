@@ -26,7 +26,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable
 
 from ..core.errors import ConfigError, DynaccelError, PresetError
-from ..core.presets import MAX_FILE_BYTES, NAME_PATTERN, Preset, check_config, parse_json
+from ..core.files import FileReadError, read_bounded
+from ..core.presets import MAX_FILE_BYTES, NAME_PATTERN, Preset, parse_json
+from ..core.registry import check_config
 
 HUB_PREFIX = "hub:"
 SIDE_DIR = "calibration"
@@ -61,10 +63,11 @@ def check_repo_id(repo_id: str) -> str:
 def _read_preset(name: str, source: str, fetch: Callable[[str], Path]) -> Preset:
     """Load ``NAME.json`` through ``fetch`` (repo path -> local file) and the calibration files it refers to."""
     path = fetch(f"{name}.json")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise PresetError(source, None, f"file of {size} bytes; accepted: at most {MAX_FILE_BYTES}")
-    preset = Preset.loads(path.read_bytes(), source=source)
+    try:
+        text = read_bounded(path, MAX_FILE_BYTES)
+    except FileReadError as exc:
+        raise PresetError(source, None, exc.reason) from None
+    preset = Preset.loads(text, source=source)
     label = f"{preset.name!r} ({source})"
     if preset.name != name:
         raise PresetError(label, "name", f"got {preset.name!r} in {name}.json; accepted: {name!r} (the file name)")
@@ -76,9 +79,11 @@ def _read_preset(name: str, source: str, fetch: Callable[[str], Path]) -> Preset
             raise PresetError(label, f"config.{key}", f"got {str(value)[:80]!r}; accepted: a file of the repo under "
                               f"{SIDE_DIR}/ (e.g. {SIDE_DIR}/{name}-calibration.json)")
         side = fetch(value)
-        if side.stat().st_size > MAX_FILE_BYTES:
-            raise PresetError(label, f"config.{key}", f"{value} is larger than {MAX_FILE_BYTES} bytes")
-        parse_json(side.read_bytes(), f"{source}: {value}")  # data only, or a clear error now
+        try:
+            text = read_bounded(side, MAX_FILE_BYTES)
+        except FileReadError as exc:
+            raise PresetError(label, f"config.{key}", f"{value}: {exc.reason}") from None
+        parse_json(text, f"{source}: {value}")  # data only, or a clear error now
         config[key] = str(side)
     return replace(preset, config=config)
 
@@ -173,13 +178,20 @@ def stage_repo(presets: Iterable[Preset | str | Path], folder: str | Path, repo_
                 if not src.is_file():
                     raise PresetError(repr(preset.name), f"config.{key}", f"calibration file {value!r} does not "
                                       "exist; run the calibration first (dynaccel calibrate)")
-                parse_json(src.read_bytes(), repr(value))
+                try:
+                    text = read_bounded(src, MAX_FILE_BYTES)
+                except FileReadError as exc:
+                    raise PresetError(repr(preset.name), f"config.{key}", exc.reason) from None
+                parse_json(text, repr(value))
                 dest = f"{SIDE_DIR}/{preset.name}-{key.removesuffix('_path')}.json"
                 copies.append((src, dest))
                 config[key] = dest
         written.append(replace(preset, config=config))
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.parent.is_dir():  # the folder itself is created, never a tree of missing parents
+        raise ConfigError(f"{str(folder)!r}: folder {str(folder.parent)!r} does not exist; accepted: a folder in an "
+                          "existing folder")
+    folder.mkdir(exist_ok=True)
     for src, dest in copies:
         (folder / dest).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, folder / dest)

@@ -11,22 +11,43 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import ConfigError
-from ...core.files import atomic_write
+from ...core.files import FileReadError, atomic_write, read_bounded
+from ...core.presets import MAX_FILE_BYTES  # calibration files travel with presets: the same limit
 
 
 def load(path: str | Path, fmt: str, option_name: str) -> dict[str, Any]:
     """The ``data`` object of calibration file ``path``; ConfigError naming ``option_name`` when it is not one."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"option {option_name!r}: {str(path)!r} is not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != fmt or not isinstance(doc.get("data"), dict):
+        doc = json.loads(read_bounded(path, MAX_FILE_BYTES))
+    except FileReadError as exc:
+        raise ConfigError(f"option {option_name!r}: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"option {option_name!r}: {str(path)!r} is not a JSON calibration file ({exc}); accepted: "
+                          f"JSON with format {fmt!r}, as dynaccel writes it") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt or not isinstance(doc.get("data"), dict) or not doc["data"]:
         raise ConfigError(
             f"option {option_name!r}: {str(path)!r} is not a calibration file of this strategy; accepted: JSON with "
-            f"format {fmt!r} and a 'data' object"
+            f"format {fmt!r} and a non-empty 'data' object"
         )
     return doc["data"]
+
+
+def check_path(value: str, fmt: str, option_name: str) -> None:
+    """Refuse a calibration path before anything is installed: an existing one must be a calibration file of this
+    format (read now, bounded), a new one must lie in an existing folder (it is written after the calibration run;
+    no folder is created). ``""`` (no file) is fine. Raises ConfigError naming ``option_name`` and the value."""
+    if not value:
+        return
+    path = Path(value)
+    if path.exists():
+        load(path, fmt, option_name)
+    elif not path.parent.is_dir():
+        raise ConfigError(
+            f"option {option_name!r}: got {value!r}, whose folder {str(path.parent)!r} does not exist; accepted: an "
+            f"existing calibration file (JSON, format {fmt!r}), or a new file in an existing folder (written after "
+            "the calibration run)"
+        )
 
 
 def save(path: str | Path, fmt: str, data: dict[str, Any]) -> None:

@@ -41,6 +41,10 @@ class MagCacheConfig(CacheConfig):
         "", doc="JSON file with calibrated ratios: read when it exists, else written after the calibration run"
     )
 
+    def validate(self) -> None:
+        super().validate()
+        calibration.check_path(self.ratios_path, CALIBRATION_FORMAT, "ratios_path")
+
 
 class _MagCachePolicy(calibration.CalibratedPolicy, CachePolicy):
     level = "blocks"

@@ -42,6 +42,10 @@ class SmoothCacheConfig(CacheConfig):
         "", doc="JSON with the calibrated error profile: read when it exists, else written after the calibration run"
     )
 
+    def validate(self) -> None:
+        super().validate()
+        calibration.check_path(self.calibration_path, CALIBRATION_FORMAT, "calibration_path")
+
 
 class _SmoothCachePolicy(calibration.CalibratedPolicy, CachePolicy):
     level = "per_block"

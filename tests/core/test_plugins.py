@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "dynaccel_spec"))
 
 
-def test_the_hookspecs_are_the_documented_four():
-    assert HOOKS == ["register_commands", "register_model_adapters", "register_presets", "register_strategies"]
+def test_the_hookspecs_are_the_documented_six():
+    assert HOOKS == ["identify_model", "register_commands", "register_model_adapters", "register_presets",
+                     "register_strategies", "resolve_preset"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -159,14 +160,40 @@ def test_a_misspelled_hookimpl_is_caught():
     reg.pm.unregister(name="typo")
 
 
-def test_duplicate_strategy_names_are_refused(fresh_registry):
-    class Dup:
+def test_hook_resolve_preset(plugged):
+    class Resolver:
         @dynaccel.hookimpl
-        def register_strategies(self, register):
-            register(type("Dup", (Noop,), {"name": "teacache"}))
+        def resolve_preset(self, reference):
+            if reference.startswith("mine:"):
+                return Preset(name=reference[5:], strategy="noop_test", config={"scale": 1.5})
+            return None
 
-    with pytest.raises(dynaccel.DynaccelError, match="strategy 'teacache' registered twice"):
-        fresh_registry.get_registry().add_plugin(Dup(), name="dup")
+    plugged.add_plugin(Resolver(), name="resolver")
+    handle = dynaccel.enable_accel(torch.nn.Linear(2, 2), preset="mine:wide")
+    assert (handle.strategy, handle.config.scale) == ("noop_test", 1.5)
+    assert plugged.resolve_preset_reference("other:wide") is None
+    with pytest.raises(dynaccel.ConfigError, match="unknown preset 'other:wide'"):
+        dynaccel.enable_accel(torch.nn.Linear(2, 2), preset="other:wide")
+
+
+def test_hook_identify_model(plugged, tmp_path):
+    class Namer:
+        @dynaccel.hookimpl
+        def identify_model(self, path):
+            return "my-wan" if Path(path) == tmp_path else None
+
+    plugged.add_plugin(Namer(), name="namer")
+    pipe = tiny_wan_pipeline()
+    pipe.register_to_config(_name_or_path=str(tmp_path))
+    assert plugged.identify_model(str(tmp_path)) == "my-wan"
+    other = Preset(name="for-other", strategy="fbcache", config={}, model_id="other-wan")
+    with pytest.raises(dynaccel.ConfigError, match="field 'model_id': the preset was tuned for 'other-wan'; this "
+                                                   "pipeline is 'my-wan'"):
+        pipe.enable_accel(preset=other)
+    assert pipe.accel_stats == {}
+    pipe.enable_accel(preset=Preset(name="for-mine", strategy="fbcache", config={}, model_id="my-wan"))
+    assert list(pipe.accel_stats) == ["fbcache"]
+    pipe.disable_accel()
 
 
 # ---- stacking across families ---------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_a_valid_file_applies_and_keyword_options_override(pipe, tmp_path):
 
 
 def test_every_builtin_preset_passes_the_checks():
-    from dynaccel.core.presets import check_config
+    from dynaccel.core.registry import check_config
 
     files = sorted(p for p in BUILTIN_DIR.glob("*.json") if "calibration" not in p.name)
     assert len(files) >= 15
@@ -177,7 +177,7 @@ def test_presets_and_import_need_no_gradio_or_huggingface_hub():
         "sys.meta_path.insert(0, Block())\n"
         "import dynaccel\n"
         "from dynaccel.core.api import resolve_preset\n"
-        "from dynaccel.core.presets import check_config\n"
+        "from dynaccel.core.registry import check_config\n"
         "print(check_config(resolve_preset('tiny-wan-teacache')).threshold)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,4 +1,6 @@
-"""A third-party plugin installed with pip shows up in `dynaccel plugins` and works through pipe.enable_accel."""
+"""A third-party plugin installed with pip shows up in `dynaccel plugins`, `dynaccel strategies` and `dynaccel bench`'s
+default rows (a cache strategy, with no edit in dynaccel), and works through pipe.enable_accel by diffusers' hook
+API (it never rebinds forward: it is the template plugin authors copy)."""
 
 import shutil
 import subprocess
@@ -35,9 +37,31 @@ def test_dynaccel_plugins_lists_it_with_distribution_and_version(installed):
     cli = [sys.executable, "-m", "dynaccel.core.cli"]
     out = subprocess.run([*cli, "plugins"], capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("example "))
-    assert "every_n (example)" in line and "dynaccel-example-plugin" in line and "0.1.0" in line
+    assert "every_n (cache)" in line and "dynaccel-example-plugin" in line and "0.1.0" in line
     detail = subprocess.run([*cli, "strategies", "every_n"], capture_output=True, text=True, check=True).stdout
     assert "n  " in detail and "compute one call in n" in detail
+    listing = subprocess.run([*cli, "strategies"], capture_output=True, text=True, check=True).stdout
+    assert any(ln.split()[:2] == ["every_n", "cache"] for ln in listing.splitlines())
+
+
+def test_it_is_a_default_row_of_dynaccel_bench(installed, monkeypatch):
+    from dynaccel.core.cli import main
+    from dynaccel.hf_integration import bench
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(pipe, settings, *args, **kwargs):
+        seen.extend(s.label for s in settings)
+        raise Stop
+
+    monkeypatch.setattr(bench, "run_bench", fake_run)
+    with pytest.raises(Stop):
+        main(["bench", "--model", "tiny-wan", "--no-peers"])
+    assert "every_n" in seen and "preset:tiny-wan-teacache" in seen
+    assert "every_n" in bench.default_strategies()
 
 
 def test_it_works_through_pipe_enable_accel(installed):
@@ -51,6 +75,20 @@ def test_it_works_through_pipe_enable_accel(installed):
     assert torch.isfinite(out).all() and not torch.equal(out, base)
     pipe.disable_accel()
     assert torch.equal(run_wan(pipe, steps=6), base)
+
+
+def test_it_installs_through_the_hook_api_and_never_rebinds_forward(installed):
+    from diffusers.hooks import HookRegistry
+
+    pipe = tiny_wan_pipeline()
+    model = pipe.transformer
+    pipe.enable_accel("every_n", n=2)
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    assert "dynaccel_example.every_n" in registry.hooks
+    pipe.disable_accel()
+    assert "dynaccel_example.every_n" not in registry.hooks
+    source = (EXAMPLE / "dynaccel_example" / "__init__.py").read_text()
+    assert ".forward =" not in source and "HookRegistry" in source
 
 
 def test_the_block_list_switch_keeps_it_out(installed, monkeypatch):

@@ -172,9 +172,11 @@ def test_all_presets_adds_the_models_quality_ladder(folder, monkeypatch, capsys)
     assert exc.value.code == 2 and "no built-in presets for model" in capsys.readouterr().err
 
 
-def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exist(folder, monkeypatch):
-    from dynaccel.core.cli import DEFAULT_BENCH
+# the built-in cache strategies, in registration order: every strategy of the cache family is benched by default
+CACHE_STRATEGIES = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
 
+
+def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exist(folder, monkeypatch):
     seen = []
 
     class Stop(Exception):
@@ -189,6 +191,66 @@ def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exis
         with pytest.raises(Stop):
             main(["bench", "--model", model, "--no-peers"])
     zoo_rows, folder_rows = seen
-    assert zoo_rows == [f"preset:tiny-wan-{s}" for s in DEFAULT_BENCH] + [
+    assert zoo_rows == [f"preset:tiny-wan-{s}" for s in CACHE_STRATEGIES] + [
         "preset:tiny-wan-taylorseer-48db", "preset:tiny-wan-taylorseer-56db"]
-    assert folder_rows == DEFAULT_BENCH  # no presets for a local folder: each strategy at its defaults
+    assert folder_rows == CACHE_STRATEGIES  # no presets for a local folder: each strategy at its defaults
+
+
+@pytest.mark.parametrize("kind", ["builtin", "file-architecture", "file-model-id"])
+def test_a_preset_for_another_model_is_refused_as_enable_accel_refuses_it(tmp_path, capsys, kind):
+    """`dynaccel bench` runs the same preset target check as enable_accel (one function): a preset tuned for
+    another architecture or zoo model exits 2 with enable_accel's message, before any generation."""
+    from dynaccel.core.errors import PresetError
+    from dynaccel.core.presets import Preset
+
+    if kind == "builtin":
+        setting, field = "preset:tiny-flux-teacache", "architecture"
+    else:
+        preset = Preset(name="elsewhere", strategy="fbcache", config={"threshold": 0.1},
+                        architecture="FluxTransformer2DModel" if kind == "file-architecture" else None,
+                        model_id="tiny-flux" if kind == "file-model-id" else None)
+        path = tmp_path / "elsewhere.json"
+        path.write_text(preset.to_json())
+        setting, field = f"preset:{path}", kind.removeprefix("file-").replace("-", "_")
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--model", "tiny-wan", "--no-peers", "-s", setting, "--repeats", "1",
+              "--out", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()[-1]  # after the pipeline's loading progress bars
+    assert exc.value.code == 2 and "Traceback" not in stderr
+    assert f"field {field!r}" in err
+    assert not (tmp_path / "out").exists()
+    # the same preset, the same model, through enable_accel: the same message
+    pipe = bench.load_pipeline(bench.resolve_model("tiny-wan"))
+    with pytest.raises(PresetError) as refused:
+        pipe.enable_accel(preset=setting.removeprefix("preset:"))
+    assert err == f"Error: {refused.value}"
+
+
+def test_default_strategies_come_from_strategy_metadata(fresh_registry):
+    """Every cache-family strategy is a default row unless it opts out (bench_default = False); another family's
+    strategy opts in with bench_default = True. Nothing in the bench names a strategy."""
+    from dataclasses import dataclass
+
+    import dynaccel
+    from dynaccel.core.config import StrategyConfig, option
+    from dynaccel.core.strategy import Strategy
+
+    @dataclass(frozen=True)
+    class NoopConfig(StrategyConfig):
+        scale: float = option(1.0, doc="unused", min=0.0, max=2.0)
+
+    def strategy(name, family, bench_default=None):
+        return type(name, (Strategy,), {"name": name, "family": family, "Config": NoopConfig,
+                                        "needs_adapter": False, "bench_default": bench_default})
+
+    class Plugin:
+        @dynaccel.hookimpl
+        def register_strategies(self, register):
+            register(strategy("new_cache", "cache"))
+            register(strategy("quiet_cache", "cache", bench_default=False))
+            register(strategy("other_family", "sparse_attention", bench_default=True))
+            register(strategy("other_family_off", "sparse_attention"))
+
+    fresh_registry.get_registry().add_plugin(Plugin(), name="bench-meta")
+    assert bench.default_strategies() == CACHE_STRATEGIES + ["new_cache", "other_family"]

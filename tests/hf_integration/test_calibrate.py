@@ -27,6 +27,7 @@ def _generate(pipe):
 @pytest.mark.parametrize("strategy", ["teacache", "magcache", "fbcache"])
 def test_calibrated_preset_meets_the_target_and_loads(folder, tmp_path, capsys, strategy):
     out = tmp_path / "presets" / f"{strategy}.json"
+    out.parent.mkdir()
     caps = ["--caps", "2,4"] if strategy == "magcache" else []
     main(["calibrate", "--model", str(folder), "--strategy", strategy, "--min-psnr", "40", *caps, "--out", str(out)])
     assert "chose " in capsys.readouterr().out
@@ -100,6 +101,19 @@ def test_missing_model_and_unknown_strategy(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             main(["calibrate", *args, "--out", str(tmp_path / "x.json")])
         assert exc.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_an_out_path_in_a_missing_folder_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    from dynaccel.hf_integration import bench
+
+    monkeypatch.setattr(bench, "load_pipeline", lambda path: pytest.fail("loaded the model before checking --out"))
+    out = tmp_path / "nonexistent" / "preset.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--strategy", "teacache", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"folder {str(out.parent)!r} does not exist" in err
+    assert not out.parent.exists()
 
 
 def test_fixed_options_are_kept_in_the_preset_and_bad_ones_refused(folder, tmp_path, capsys):

@@ -225,3 +225,12 @@ def test_presets_list_is_the_default(capsys):
     main(["presets", "list", "--json"])
     assert json.loads(capsys.readouterr().out) == default
     assert {p["name"] for p in default} >= {"tiny-wan-teacache", "teacache-flux"}
+
+
+def test_staging_into_a_folder_whose_parent_is_missing_is_refused(tmp_path, capsys):
+    target = tmp_path / "nonexistent" / "staged"
+    with pytest.raises(SystemExit) as exc:
+        main(["presets", "push", "org/cli", "-p", "tiny-wan-magcache", "--dry-run", str(target)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"folder {str(target.parent)!r} does not exist" in err and not target.parent.exists()
