@@ -549,6 +549,14 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+# public names of the measuring helpers other surfaces share (the demo uses these, never the underscored ones)
+frames = _frames
+psnr_of = _psnr_of
+denoiser = _denoiser
+computed_label = _computed
+jsonable = _jsonable
+
+
 # ---- output -------------------------------------------------------------------------------------------------------
 
 
