@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_wan_folder
 
+import dynaccel
 from dynaccel.core.cli import main
 from dynaccel.hf_integration import bench
 
@@ -192,3 +193,14 @@ def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exis
     assert zoo_rows == [f"preset:tiny-wan-{s}" for s in DEFAULT_BENCH] + [
         "preset:tiny-wan-taylorseer-48db", "preset:tiny-wan-taylorseer-56db"]
     assert folder_rows == DEFAULT_BENCH  # no presets for a local folder: each strategy at its defaults
+
+
+def test_setting_options_are_typed_and_checked_by_the_strategy_schema():
+    # the schema's conversion: an int option written as 3.0 is the int 3, a float option written as 1 is 1.0
+    s = bench.parse_setting("teacache:retention_steps=3.0,threshold=1")
+    assert s.config == {"retention_steps": 3, "threshold": 1.0} and isinstance(s.config["retention_steps"], int)
+    assert bench.parse_setting("preset:tiny-wan-teacache:retention_steps=4.0").config["retention_steps"] == 4
+    with pytest.raises(dynaccel.ConfigError, match=r"option 'threshold': got 'fast' \(type str\); accepted: float"):
+        bench.parse_setting("teacache:threshold=fast")
+    with pytest.raises(dynaccel.ConfigError, match="unknown option 'thresold' for strategy 'fbcache'"):
+        bench.parse_setting("fbcache:thresold=0.1")
