@@ -180,7 +180,11 @@ class StrategyConfig:
             raise TypeError(f"config {cls.__name__} declares more than one quality knob: {knobs + [cls.quality_knob]}")
         if cls.quality_knob is not None and cls.quality_knob not in {s.name for s in specs}:
             raise TypeError(f"config {cls.__name__}: quality_knob {cls.quality_knob!r} is not one of its fields")
-        return specs
+        # the knob's spec says so, however it was declared (``knob=True``, ``quality_knob``, or the legacy name)
+        knob = knobs[0] if knobs else cls.quality_knob
+        if knob is None:
+            knob = next((s.name for s in specs if s.name == LEGACY_KNOB and s.type == "float"), None)
+        return [dataclasses.replace(s, knob=True) if s.name == knob else s for s in specs]
 
     @classmethod
     def field_spec(cls, name: str) -> FieldSpec:
@@ -194,11 +198,7 @@ class StrategyConfig:
     def quality_knob_field(cls) -> FieldSpec | None:
         """The speed/quality knob: the field declared ``knob=True`` or named by ``quality_knob``; for a config that
         declares neither, a bounded float field named ``threshold`` (:data:`LEGACY_KNOB`); else None."""
-        specs = cls.fields_info()
-        declared = next((s for s in specs if s.knob or s.name == cls.quality_knob), None)
-        if declared is not None:
-            return declared
-        return next((s for s in specs if s.name == LEGACY_KNOB and s.type == "float"), None)
+        return next((s for s in cls.fields_info() if s.knob), None)
 
     @classmethod
     def parse_options(cls, strategy: str, raw: Mapping[str, Any], *, strict: bool = False) -> dict[str, Any]:

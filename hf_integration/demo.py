@@ -6,7 +6,8 @@
 Tab "Compare": a prompt, a seed and a strategy with its options generate the full-compute baseline and the
 accelerated result (a GIF for video pipelines, a PNG for image ones) with the latency of each, the speedup, the
 transformer passes computed and PSNR/SSIM between the two (the metrics of ``dynaccel bench``). Tab "Sweep": one
-option of a strategy (its ``threshold``) over a list of values, plotted as speedup against PSNR.
+option of a strategy (the quality knob its Config declares, e.g. a cache strategy's ``threshold``) over a list of
+values, plotted as speedup against PSNR.
 
 The option controls are generated from each strategy's Config schema (type, default, min, max, step, choices,
 doc), so a strategy a plugin registers appears with no demo code. Sessions never share cache state or results:
@@ -436,7 +437,7 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
                     sweep_strategy = gr.Dropdown(sweepable, value=first if first in sweepable else sweepable[0],
                                                  label="strategy", elem_id="sweep-strategy")
                     sweep_text = gr.Textbox(value=", ".join(map(str, sweep_values(first))), elem_id="sweep-values",
-                                            label="values of its threshold",
+                                            label="values of its quality knob (the option its schema declares)",
                                             info="comma-separated; the strategy's other options come from the "
                                                  "Compare tab")
                 sweep_go = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
