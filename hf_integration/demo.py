@@ -93,6 +93,9 @@ _models_lock = threading.Lock()
 
 def get_model(model: str) -> DemoModel:
     """The pipeline for a zoo name or local folder, loaded once per process."""
+    if not isinstance(model, str) or not model.strip() or len(model) > 4096:
+        raise ConfigError(f"model {str(model)[:200]!r}: accepted: a zoo model name or the path of a local diffusers "
+                          "pipeline folder")
     key = model.strip()
     with _models_lock:
         if key not in _models:

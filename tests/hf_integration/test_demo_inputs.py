@@ -60,6 +60,11 @@ def test_api_refuses_out_of_range_inputs_with_a_clear_error_and_one_log_line(cli
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_api_refuses_a_model_that_is_no_name(client):
+    with pytest.raises(Exception, match="model '': accepted: a zoo model name or the path of a local"):
+        client.predict("", "x", 0, 4, "teacache", "{}", api_name="/compare")
+
+
 def test_api_refuses_an_option_outside_the_schema_and_a_long_sweep(client):
     with pytest.raises(Exception, match=r"option 'threshold': got 9\.0 \(above the maximum\)"):
         client.predict("tiny-wan", "x", 0, 4, "teacache", json.dumps({"threshold": 9.0}), api_name="/compare")
