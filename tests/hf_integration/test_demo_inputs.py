@@ -11,10 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from stub_strategy import wait_for_http
 
 pytest.importorskip("gradio")
 
@@ -111,17 +111,7 @@ def test_the_media_folder_goes_on_sigterm(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "dynaccel.core.cli", "demo", "--port", str(port), "--threads",
                                  "1", "--no-warmup"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dynaccel demo did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_for_http(f"http://127.0.0.1:{port}/", proc, log)
         folders = list(tmp_path.glob("dynaccel-demo-*"))
         assert len(folders) == 1 and folders[0].is_dir()
         proc.send_signal(signal.SIGTERM)

@@ -2,8 +2,9 @@
 
 from dataclasses import dataclass
 
-import dynaccel
-from dynaccel import Handle, Strategy, StrategyConfig, option
+from stub_strategy import stub_plugin
+
+from dynaccel import StrategyConfig, option
 from dynaccel.hf_integration import calibrate
 
 
@@ -13,36 +14,8 @@ class KnobConfig(StrategyConfig):
     strength: float = option(0.2, doc="the knob", min=0.0, max=2.0, min_exclusive=True, knob=True)
 
 
-class KnobHandle(Handle):
-    def _remove(self):
-        pass
-
-    def _reset(self, num_steps):
-        pass
-
-    @property
-    def stats(self):
-        return {}
-
-
-class Knob(Strategy):
-    """Test strategy (no paper): changes nothing."""
-
-    name, family, Config, summary = "knob_test", "cache", KnobConfig, "changes nothing"
-    needs_adapter = False
-
-    def apply(self, target, config, adapter, run_probe):
-        return KnobHandle(self.name, self.family, target, config)
-
-
-class KnobPlugin:
-    @dynaccel.hookimpl
-    def register_strategies(self, register):
-        register(Knob)
-
-
 def test_calibrate_and_the_demo_use_the_declared_knob(fresh_registry):
-    fresh_registry.get_registry().add_plugin(KnobPlugin(), name="knob-plugin")
+    fresh_registry.get_registry().add_plugin(stub_plugin("knob_test", "cache", KnobConfig), name="knob-plugin")
     grid = calibrate.threshold_grid("knob_test")
     assert grid == sorted(grid) and 0.0 < grid[0] and grid[-1] <= 2.0 and grid[-1] > 1.0  # strength's range
     try:
