@@ -151,7 +151,7 @@ class FieldSpec:
 
 
 def _tidy(x: float) -> float:
-    return float(round(x, 12))
+    return x if isinstance(x, int) else float(round(x, 12))  # 0.1 + 0.05, not 0.15000000000000002
 
 
 @dataclass(frozen=True)
