@@ -87,6 +87,8 @@ class ComfyAdapter(ModelAdapter):
     #: the class names it covers (subclasses of them match too) and the module they live under
     classes: tuple[str, ...] = ()
     module_prefix = "comfy.ldm"
+    #: the architectures (as presets name them: the diffusers class of the same model) whose presets apply here
+    preset_architectures: tuple[str, ...] = ()
     #: whether its blocks modify their input tensors in place (then the runner hands them copies)
     inplace_blocks = False
 
@@ -125,6 +127,7 @@ class ComfyWanAdapter(ComfyAdapter):
     name = "comfy-wan"
     architectures = ("ComfyUI WanModel (Wan 2.1, Wan 2.2)",)
     classes = ("WanModel",)
+    preset_architectures = ("WanTransformer3DModel",)
 
     def blocks(self):
         return self._stack("blocks", "double_block", has_txt=False)
@@ -168,6 +171,7 @@ class ComfyFluxAdapter(ComfyAdapter):
     name = "comfy-flux"
     architectures = ("ComfyUI Flux",)
     classes = ("Flux",)
+    preset_architectures = ("FluxTransformer2DModel",)
     inplace_blocks = True
 
     def blocks(self):
@@ -190,6 +194,7 @@ class ComfyHunyuanVideoAdapter(ComfyAdapter):
     name = "comfy-hunyuanvideo"
     architectures = ("ComfyUI HunyuanVideo (HunyuanVideo, HunyuanImage 2.1)",)
     classes = ("HunyuanVideo",)
+    preset_architectures = ("HunyuanVideoTransformer3DModel",)
     inplace_blocks = True
 
     def blocks(self):
@@ -215,6 +220,7 @@ class ComfyLTXVAdapter(ComfyAdapter):
     name = "comfy-ltxv"
     architectures = ("ComfyUI LTXVModel (LTX-Video)",)
     classes = ("LTXVModel",)
+    preset_architectures = ("LTXVideoTransformer3DModel",)
     inplace_blocks = True
 
     def blocks(self):

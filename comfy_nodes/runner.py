@@ -7,8 +7,11 @@ the *same* engine logic (``model_forward`` / ``block_forward``) are driven by Co
 
 - ``WrappersMP.OUTER_SAMPLE``: once per sampling run. A fresh engine (run state) is made for every run, with the
   step count of that run's sigmas, so two samplers with different step counts never share state; at the end the
-  run is finished, a log line like ``teacache: computed 9/20 steps (cond 9/20, uncond 9/20), 2.22x`` is written
-  and the stats are kept for the stats node.
+  run is finished, a log line like ``dynaccel [node 3]: teacache: computed 9/20 steps (cond 9/20, uncond 9/20),
+  2.22x`` is written (on its own line, also while a progress bar is drawn) and the stats are kept for the stats
+  node. A calibrated strategy's first run (MagCache, SmoothCache: every step computed to calibrate) says so; its
+  calibration is kept per diffusion model and strategy, so a node that runs again (another option, a reloaded
+  workflow) starts calibrated, unless its ``keep_calibration`` input is off.
 - ``WrappersMP.DIFFUSION_MODEL``: around every diffusion-model call. The step is the position of the call's sigma
   in the run's sigmas; the CFG branch comes from ``cond_or_uncond`` (``cond``, ``uncond``, or ``cond_uncond`` when
   ComfyUI batches both), so every branch has its own accumulators and residuals, as with diffusers' cache context.
@@ -24,6 +27,7 @@ is imported only inside :func:`accelerate` (``comfy.patcher_extension``), when C
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,6 +36,7 @@ import torch
 from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import get_registry
 from ..core.strategy import Strategy
+from ..plugins.cache.calibration import CalibratedPolicy
 from ..plugins.cache.engine import CacheEngine, CachePolicy
 from .adapters import ComfyAdapter
 
@@ -39,6 +44,25 @@ logger = logging.getLogger("dynaccel")
 
 KEY = "dynaccel"
 _BRANCH = {0: "cond", 1: "uncond"}
+#: calibrations of the calibrated strategies, per diffusion model (weakly: they go with the model) and strategy
+_CALIBRATIONS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def calibrated(policy: Any) -> bool:
+    """Whether the policy calibrates itself from one full run (MagCache, SmoothCache)."""
+    return isinstance(policy, CalibratedPolicy)
+
+
+def log_line(text: str) -> None:
+    """Log ``text`` (already prefixed) on a line of its own: while a tqdm bar is being drawn (the sampler's), the
+    bar's line is ended first, so the message never continues it."""
+    try:
+        from tqdm import tqdm
+
+        drawing = any(not getattr(bar, "disable", True) for bar in list(getattr(tqdm, "_instances", ())))
+    except ImportError:  # ComfyUI always has tqdm; outside it there is no bar to care about
+        drawing = False
+    logger.info(("\n" if drawing else "") + text)
 
 
 @dataclass
@@ -91,6 +115,36 @@ class Accelerator:
         self.sigmas: list[float] = []
         self.branch_keys: dict[tuple, str] = {}
         self.history: list[dict[str, Any]] = []
+        self.node_id: str | None = None  # the ComfyUI node that made it (for the log line)
+        self.keep_calibration = True
+        self.calibration_run: bool | None = None  # for calibrated strategies: whether the current run calibrates
+
+    # ---- around each sampling run: calibration state and the report --------------------------------------------
+    def sample(self, executor: Callable, *args: Any, **kwargs: Any) -> Any:
+        """One sampling run (the OUTER_SAMPLE wrapper): :meth:`outer_sample`, knowing whether it calibrates."""
+        outer = self.calibration_run
+        self.calibration_run = getattr(self.policy, "calibration", None) is None if calibrated(self.policy) else None
+        try:
+            return self.outer_sample(executor, *args, **kwargs)
+        finally:
+            self.calibration_run = outer
+
+    def report(self, stats: dict[str, Any]) -> None:
+        """Add the calibration state to a finished run's stats and summary, keep a new calibration for the model,
+        and log the summary as ``dynaccel [node ID]: ...``."""
+        if self.calibration_run is not None:
+            done = getattr(self.policy, "calibration", None) is not None
+            if self.calibration_run:
+                stats["calibration"] = "calibrated in this run" if done else "calibration run interrupted"
+                stats["summary"] += (
+                    f" (calibration run: every step computed to calibrate {self.strategy.name}; later runs on this "
+                    "model use it)" if done else " (calibration run interrupted: the next run calibrates again)"
+                )
+            else:
+                stats["calibration"] = "calibrated"
+            if done and self.keep_calibration:
+                _CALIBRATIONS.setdefault(self.diffusion_model, {})[self.strategy.name] = self.policy.calibration
+        log_line(f"dynaccel [node {self.node_id if self.node_id is not None else '?'}]: {stats['summary']}")
 
     # ---- the functions installed on the ModelPatcher ---------------------------------------------------------------
     def outer_sample(self, executor: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -110,7 +164,7 @@ class Accelerator:
             stats["summary"] = summary_line(stats)
             self.history.append(stats)
             del self.history[:-32]
-            logger.info(stats["summary"])
+            self.report(stats)
             self.engine, self.sigmas, self.branch_keys = outer
 
     def diffusion_model_call(self, executor: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -172,8 +226,12 @@ def summary_line(stats: dict[str, Any]) -> str:
     return f"{name}: computed {steps_computed}/{steps_total} steps{detail}, {speed:.2f}x"
 
 
-def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any]) -> Accelerator:
+def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any], *, keep_calibration: bool = True,
+                     node_id: str | None = None) -> Accelerator:
     """Validate everything for ``model`` (a ModelPatcher) before touching it: strategy, options, adapter, policy.
+
+    ``keep_calibration``: a calibrated strategy starts from the calibration an earlier node run made on the same
+    diffusion model (kept per model and strategy), and keeps its own; off: it calibrates afresh and keeps nothing.
 
     Raises ConfigError / UnsupportedModelError / UnknownStrategyError with a message naming what was wrong.
     """
@@ -205,7 +263,14 @@ def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any]) ->
         adapter_cls = next((a for a in reversed(comfy_adapters) if a.matches(dm)), None)
         adapter = adapter_cls(dm) if adapter_cls is not None else _ModelOnly(dm)
     policy = cls.Policy(cfg, adapter)
-    return Accelerator(cls, cfg, policy, dm)
+    if calibrated(policy) and getattr(policy, "calibration", None) is None:
+        if keep_calibration:
+            policy.calibration = _CALIBRATIONS.get(dm, {}).get(strategy_name)
+        else:
+            _CALIBRATIONS.get(dm, {}).pop(strategy_name, None)
+    acc = Accelerator(cls, cfg, policy, dm)
+    acc.node_id, acc.keep_calibration = node_id, keep_calibration
+    return acc
 
 
 class _ModelOnly:
@@ -223,21 +288,22 @@ class _ModelOnly:
         return []
 
 
-def accelerate(model: Any, strategy_name: str, options: dict[str, Any]) -> tuple[Any, Accelerator]:
+def accelerate(model: Any, strategy_name: str, options: dict[str, Any], *, keep_calibration: bool = True,
+               node_id: str | None = None) -> tuple[Any, Accelerator]:
     """A clone of ComfyUI ``model`` (ModelPatcher) running the strategy; ``model`` itself is left unchanged.
 
     Everything is validated first (:func:`make_accelerator`), so a bad input raises before anything is patched.
     """
     import comfy.patcher_extension as pe  # ComfyUI is running when a node calls this
 
-    acc = make_accelerator(model, strategy_name, options)
+    acc = make_accelerator(model, strategy_name, options, keep_calibration=keep_calibration, node_id=node_id)
     m = model.clone()
     # a previous dynaccel node on this model is replaced, not stacked
     for kind in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL):
         m.remove_wrappers_with_key(kind, KEY)
 
     def outer_sample(executor, *args, **kwargs):
-        return acc.outer_sample(executor, *args, **kwargs)
+        return acc.sample(executor, *args, **kwargs)
 
     def diffusion_model(executor, *args, **kwargs):
         return acc.diffusion_model_call(executor, *args, **kwargs)

@@ -80,6 +80,7 @@ class Setting:
     config: dict[str, Any] = field(default_factory=dict)
     preset: str = ""  # the preset it came from, if any (then the label)
     source: Any = field(default=None, repr=False, compare=False)  # that Preset, checked against the model
+    spelled: dict[str, str] = field(default_factory=dict)  # options as the user wrote them (for the label)
 
     @property
     def label(self) -> str:
@@ -87,7 +88,7 @@ class Setting:
             return "full compute"
         if self.preset:
             return f"preset:{self.preset}"
-        opts = ",".join(f"{k}={_short(v)}" for k, v in self.config.items())
+        opts = ",".join(f"{k}={_short(self.spelled.get(k, v))}" for k, v in self.config.items())
         name = f"diffusers:{self.strategy}" if self.kind == "diffusers" else self.strategy
         return f"{name}:{opts}" if opts else name
 
@@ -106,7 +107,8 @@ def _value(text: str) -> Any:
         return text
 
 
-def _options(setting: str, opts: str) -> dict[str, Any]:
+def _options(setting: str, opts: str) -> dict[str, str]:
+    """``key=value,...`` -> the values as text (typed by :func:`_typed` or, for diffusers' caches, :func:`_value`)."""
     config = {}
     for item in filter(None, re.split(r",(?=\s*[A-Za-z_]\w*=)", opts)):  # values may hold commas
         key, sep, val = item.partition("=")
@@ -114,8 +116,15 @@ def _options(setting: str, opts: str) -> dict[str, Any]:
             raise ConfigError(
                 f"setting {setting!r}: option {item!r} is not key=value; example: teacache:threshold=0.1"
             )
-        config[key.strip()] = _value(val.strip())
+        config[key.strip()] = val.strip()
     return config
+
+
+def _typed(strategy: str, raw: dict[str, str]) -> dict[str, Any]:
+    """The options of a dynaccel strategy, typed and checked by its schema (the conversion every surface uses)."""
+    from ..core.registry import get_registry
+
+    return get_registry().strategy(strategy).Config.parse_options(strategy, raw)
 
 
 def parse_setting(text: str) -> Setting:
@@ -133,15 +142,17 @@ def parse_setting(text: str) -> Setting:
             ref, overrides = head, _options(text, tail)
         preset = resolve_preset(ref)
         label = preset.name + (":" + ",".join(f"{k}={_short(v)}" for k, v in overrides.items()) if overrides else "")
+        overrides = _typed(preset.strategy, overrides)
         return Setting("dynaccel", preset.strategy, {**preset.config, **overrides}, preset=label, source=preset)
     kind = "dynaccel"
     if text.startswith("diffusers:"):
         kind, text = "diffusers", text[len("diffusers:"):]
     name, _, opts = text.partition(":")
-    config = _options(text, opts)
+    raw = _options(text, opts)
     if kind == "diffusers" and name not in PEERS:
         raise ConfigError(f"unknown diffusers cache {name!r}; accepted: {', '.join('diffusers:' + p for p in PEERS)}")
-    return Setting(kind, name, config)
+    config = {k: _value(v) for k, v in raw.items()} if kind == "diffusers" else _typed(name, raw)
+    return Setting(kind, name, config, spelled=raw)
 
 
 def resolve_model(model: str) -> Path:
@@ -563,6 +574,14 @@ def _calibrate_ratios(pipe, job, call_kwargs) -> list[float] | None:
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+# public names of the measuring helpers other surfaces share (the demo uses these, never the underscored ones)
+frames = _frames
+psnr_of = _psnr_of
+denoiser = _denoiser
+computed_label = _computed
+jsonable = _jsonable
 
 
 # ---- output -------------------------------------------------------------------------------------------------------

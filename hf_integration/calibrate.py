@@ -84,8 +84,10 @@ def fit_teacache(pipe, prompts: list[str], seeds: list[int], call: dict[str, Any
 
 
 def threshold_grid(strategy: str, n: int = 8) -> list[float]:
-    spec = next(f for f in get_registry().strategy(strategy).Config.fields_info() if f.name == "threshold")
-    hi = spec.max if spec.max is not None else 1.0
+    spec = get_registry().strategy(strategy).Config.quality_knob_field()  # the knob the schema declares
+    if spec is None:
+        raise bench.BenchError(f"strategy {strategy!r} declares no quality knob to search")
+    hi = spec.offered_range()[1] if spec.max is not None else 1.0
     lo = hi / 250
     return [round(lo * (hi / lo) ** (i / (n - 1)), 4) for i in range(n)]
 
@@ -133,12 +135,13 @@ def calibrate(
         side_file = json.loads(read_bounded(tmp, MAX_FILE_BYTES))
         config[option] = str(tmp)
     grid = thresholds or threshold_grid(strategy)
+    knob = cls.Config.quality_knob_field().name
     baseline: dict[str, Any] = {}
     tried: list[tuple[bench.Setting, bench.Row]] = []
     full_row: list[bench.Row] = []
     for cap in cap_values:
         cfg = dict(config) if cap is None else {**config, cls.cap_option: cap}
-        candidates = [bench.Setting("dynaccel", strategy, {**cfg, "threshold": t}) for t in grid]
+        candidates = [bench.Setting("dynaccel", strategy, {**cfg, knob: t}) for t in grid]
         full, *rows = bench.run_bench(pipe, candidates, heldout_prompts, seeds, call, repeats=1, progress=progress,
                                       baseline=baseline)
         full_row = full_row or [full]
@@ -149,7 +152,7 @@ def calibrate(
             lo, hi = grid[passing[-1]], grid[passing[-1] + 1]
             for _ in range(refine):
                 mid = round(math.sqrt(lo * hi), 4)
-                setting = bench.Setting("dynaccel", strategy, {**cfg, "threshold": mid})
+                setting = bench.Setting("dynaccel", strategy, {**cfg, knob: mid})
                 row = bench.run_bench(pipe, [setting], heldout_prompts, seeds, call, repeats=1, progress=progress,
                                       baseline=baseline)[1]
                 tried.append((setting, row))
@@ -165,7 +168,7 @@ def calibrate(
     # most work skipped (robust against timing noise); among equals the smallest cap, then the smallest threshold:
     # the safest of the equally fast settings
     chosen_setting, chosen = max(ok, key=lambda sr: (_work_skipped(sr[1]), -sr[0].config.get(cls.cap_option or "", 0),
-                                                     -sr[0].config["threshold"]))
+                                                     -sr[0].config[knob]))
     if "compute_last" not in config and chosen_setting.config.get("compute_last", True):
         # the last step is computed by default; try letting it reuse too, and keep that when the target still holds
         setting = bench.Setting("dynaccel", strategy, {**chosen_setting.config, "compute_last": False})

@@ -6,12 +6,18 @@
 Tab "Compare": a prompt, a seed and a strategy with its options generate the full-compute baseline and the
 accelerated result (a GIF for video pipelines, a PNG for image ones) with the latency of each, the speedup, the
 transformer passes computed and PSNR/SSIM between the two (the metrics of ``dynaccel bench``). Tab "Sweep": one
-option of a strategy (its ``threshold``) over a list of values, plotted as speedup against PSNR.
+option of a strategy (the quality knob its Config declares, e.g. a cache strategy's ``threshold``) over a list of
+values, plotted as speedup against PSNR.
 
 The option controls are generated from each strategy's Config schema (type, default, min, max, step, choices,
 doc), so a strategy a plugin registers appears with no demo code. Sessions never share cache state or results:
 a loaded pipeline is shared (weights are read-only) but every request enables its own strategy, generates, reads
 the stats and disables it again while holding the pipeline's lock; results are written to files per request.
+
+Every input of a request (seed, steps, prompt, sweep values, strategy options) is checked against the same ranges
+the controls offer, whether it comes from the page or from an API client (``gradio_client``): a bad one is answered
+with an error naming the value and what is accepted, and logged as one line. The generated media live in a
+temporary folder removed when the demo stops, by Ctrl+C or by ``kill`` (SIGTERM).
 
 Gradio's analytics are switched off (``GRADIO_ANALYTICS_ENABLED=False``) and the page loads nothing from outside
 127.0.0.1 (the end-to-end browser test checks every request the page makes).
@@ -21,9 +27,11 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -33,12 +41,35 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.config import StrategyConfig, option
 from ..core.errors import ConfigError, DynaccelError
 from ..core.registry import get_registry
 from . import bench
 
 HOST = "127.0.0.1"
 MEDIA_SIZE = 192  # pixels: tiny models' frames are upscaled (nearest) to be visible
+MAX_SWEEP_VALUES = 12  # a sweep holds the model for one generation per value: bounded like every other input
+logger = logging.getLogger("dynaccel.demo")
+
+
+@dataclass(frozen=True)
+class RequestInputs(StrategyConfig):
+    """The inputs of one request besides the strategy's options, declared like a strategy's: the page's controls
+    and every check of a request (page or API) come from here."""
+
+    prompt: str = option("a red circle moving right fast", doc="the prompt of both generations")
+    seed: int = option(0, doc="random seed of both generations", min=0, max=2**32 - 1)
+    steps: int = option(20, doc="denoising steps of both generations", min=2, max=100)
+
+    def validate(self) -> None:
+        if len(self.prompt) > 2000:
+            raise ConfigError(f"option 'prompt': got {len(self.prompt)} characters; accepted: at most 2000")
+
+
+def check_request(prompt: Any, seed: Any, steps: Any) -> RequestInputs:
+    """The validated inputs (ConfigError naming the value and the accepted range), through the schema's one
+    conversion: whole floats (a number box) are ints, text is read as a number."""
+    return RequestInputs.coerce("demo", {"prompt": prompt, "seed": seed, "steps": steps})
 
 
 # ---- the model and one comparison (no Gradio here: tested directly) ------------------------------------------------
@@ -62,6 +93,9 @@ _models_lock = threading.Lock()
 
 def get_model(model: str) -> DemoModel:
     """The pipeline for a zoo name or local folder, loaded once per process."""
+    if not isinstance(model, str) or not model.strip() or len(model) > 4096:
+        raise ConfigError(f"model {str(model)[:200]!r}: accepted: a zoo model name or the path of a local diffusers "
+                          "pipeline folder")
     key = model.strip()
     with _models_lock:
         if key not in _models:
@@ -104,17 +138,7 @@ class Comparison:
 def build_config(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validated options of ``strategy`` (unknown, mistyped or out-of-range ones raise ConfigError). Empty strings
     (a text box left blank) mean the default; integers arriving as floats from a slider become ints."""
-    cls = get_registry().strategy(strategy)
-    specs = {s.name: s for s in cls.Config.fields_info()}
-    config = {}
-    for key, value in options.items():
-        spec = specs.get(key)
-        if spec is not None and spec.type == "str" and value in ("", None):
-            continue
-        if spec is not None and spec.type == "int" and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        config[key] = value
-    return cls.Config.from_kwargs(strategy, **config).to_dict()
+    return get_registry().strategy(strategy).Config.coerce(strategy, options).to_dict()
 
 
 def compare(model: DemoModel, prompt: str, seed: int, steps: int, strategy: str, options: dict[str, Any],
@@ -122,8 +146,10 @@ def compare(model: DemoModel, prompt: str, seed: int, steps: int, strategy: str,
     """Baseline and accelerated generation of the same prompt and seed, timed, with quality between them.
 
     Holds the model's lock throughout; the strategy is enabled for this call only and always disabled again."""
+    req = check_request(prompt, seed, steps)
+    prompt, seed, steps = req.prompt, req.seed, req.steps
     config = build_config(strategy, options)
-    call = dict(model.call, num_inference_steps=int(steps))
+    call = dict(model.call, num_inference_steps=steps)
     report = progress or (lambda *_: None)
     runs = (2 if warmup else 1) * 2
     done = [0]
@@ -134,7 +160,7 @@ def compare(model: DemoModel, prompt: str, seed: int, steps: int, strategy: str,
         out = model.pipe(prompt=prompt, generator=torch.Generator().manual_seed(int(seed)), output_type="pt", **call)
         elapsed = time.perf_counter() - t0
         done[0] += 1
-        return bench._frames(out)[0], elapsed
+        return bench.frames(out)[0], elapsed
 
     with model.lock:
         if model.pipe.accel_stats:  # never expected: every request disables what it enabled
@@ -147,7 +173,7 @@ def compare(model: DemoModel, prompt: str, seed: int, steps: int, strategy: str,
             if warmup:
                 generate(f"{strategy}: warm-up (calibrates strategies that need it)")
             fast, fast_t = generate(strategy)
-            stats = bench._jsonable(handle.stats)
+            stats = bench.jsonable(handle.stats)
             summary = handle.summary()
         finally:
             model.pipe.disable_accel()
@@ -155,18 +181,21 @@ def compare(model: DemoModel, prompt: str, seed: int, steps: int, strategy: str,
     mse = ((fast - base) ** 2).flatten(1).mean(1)
     return Comparison(
         model=model.name, prompt=prompt, seed=int(seed), steps=int(steps), strategy=strategy, config=config,
-        baseline_s=base_t, accelerated_s=fast_t, speedup=base_t / fast_t, computed=bench._computed(stats, None, None),
-        psnr_db=bench._psnr_of(float(mse.mean())), psnr_min_db=bench._psnr_of(float(mse.max())),
+        baseline_s=base_t, accelerated_s=fast_t, speedup=base_t / fast_t, computed=bench.computed_label(stats, None, None),
+        psnr_db=bench.psnr_of(float(mse.mean())), psnr_min_db=bench.psnr_of(float(mse.max())),
         ssim=float(bench.ssim(fast, base).mean()), summary=summary, warmup=warmup, stats=stats, baseline=base,
         accelerated=fast,
     )
 
 
 def sweep_field(strategy: str):
-    """The option a sweep varies: ``threshold`` when the strategy has one, else its first bounded float option."""
-    specs = get_registry().strategy(strategy).Config.fields_info()
-    bounded = [s for s in specs if s.type == "float" and s.min is not None and s.max is not None]
-    return next((s for s in bounded if s.name == "threshold"), bounded[0] if bounded else None)
+    """The option a sweep varies: the quality knob the strategy's schema declares, else its first bounded float
+    option."""
+    config = get_registry().strategy(strategy).Config
+    knob = config.quality_knob_field()
+    if knob is not None:
+        return knob
+    return next((s for s in config.fields_info() if s.type == "float" and s.min is not None and s.max is not None), None)
 
 
 def sweep_values(strategy: str, count: int = 5) -> list[float]:
@@ -174,8 +203,9 @@ def sweep_values(strategy: str, count: int = 5) -> list[float]:
     spec = sweep_field(strategy)
     if spec is None:
         return []
-    lo = max(spec.min, spec.default / 4) if spec.default > 0 else (spec.max - spec.min) / 100 + spec.min
-    hi = min(spec.max, spec.default * 4) if spec.default > 0 else (spec.max - spec.min) / 10 + spec.min
+    lo_bound, hi_bound = spec.offered_range()
+    lo = max(lo_bound, spec.default / 4) if spec.default > 0 else (hi_bound - lo_bound) / 100 + lo_bound
+    hi = min(hi_bound, spec.default * 4) if spec.default > 0 else (hi_bound - lo_bound) / 10 + lo_bound
     if count == 1 or hi <= lo:
         return [round(lo, 4)]
     return [round(lo * (hi / lo) ** (i / (count - 1)), 4) for i in range(count)]
@@ -185,17 +215,19 @@ def sweep(model: DemoModel, prompt: str, seed: int, steps: int, strategy: str, v
           options: dict[str, Any] | None = None) -> list[bench.Row]:
     """Full compute, then the strategy at each value of its sweep option (other options as given): one bench row
     each (``dynaccel bench``'s harness: warm-up, then one timed generation)."""
+    req = check_request(prompt, seed, steps)
+    prompt, seed, steps = req.prompt, req.seed, req.steps
     spec = sweep_field(strategy)
     if spec is None:
         raise ConfigError(f"strategy {strategy!r} has no bounded float option to sweep")
-    if not values:
-        raise ConfigError(f"option {spec.name!r}: no values to sweep; accepted: comma-separated numbers in "
-                          f"[{spec.min}, {spec.max}]")
+    if not values or len(values) > MAX_SWEEP_VALUES:
+        raise ConfigError(f"option {spec.name!r}: {len(values)} values to sweep; accepted: 1 to {MAX_SWEEP_VALUES} "
+                          f"comma-separated numbers, each {spec.accepted()}")
     defaults = {s.name: s.default for s in get_registry().strategy(strategy).Config.fields_info()}
     base = {k: v for k, v in build_config(strategy, options or {}).items() if k != spec.name and v != defaults[k]}
     settings = [bench.Setting("dynaccel", strategy, {spec.name: build_config(strategy, {spec.name: v})[spec.name],
                                                      **base}) for v in values]
-    call = dict(model.call, num_inference_steps=int(steps))
+    call = dict(model.call, num_inference_steps=steps)
     with model.lock:
         try:
             return bench.run_bench(model.pipe, settings, [prompt], [int(seed)], call, repeats=1,
@@ -276,20 +308,23 @@ def results_markdown(c: Comparison) -> str:
 # ---- the Gradio app -----------------------------------------------------------------------------------------------
 
 
-def _control(gr, strategy: str, spec):
-    """One Gradio input for one config field, from its schema."""
+def _control(gr, strategy: str, spec, **overrides: Any):
+    """One Gradio input for one config field, from its schema (the range it offers: one step inside an exclusive
+    bound)."""
     label = f"{spec.name}"
-    common = dict(label=label, info=spec.doc, elem_id=f"opt-{strategy}-{spec.name}")
+    common = dict(label=label, info=spec.doc, elem_id=f"opt-{strategy}-{spec.name}") | overrides
+    value = common.pop("value", spec.default)
     if spec.choices:
-        return gr.Dropdown(choices=list(spec.choices), value=spec.default, **common)
+        return gr.Dropdown(choices=list(spec.choices), value=value, **common)
     if spec.type == "bool":
-        return gr.Checkbox(value=spec.default, **common)
+        return gr.Checkbox(value=value, **common)
     if spec.type in ("int", "float"):
         if spec.min is not None and spec.max is not None and spec.max - spec.min <= 1000:
             step = spec.step or (1 if spec.type == "int" else (spec.max - spec.min) / 1000)
-            return gr.Slider(minimum=spec.min, maximum=spec.max, step=step, value=spec.default, **common)
-        return gr.Number(value=spec.default, precision=0 if spec.type == "int" else None, minimum=spec.min,
-                         maximum=spec.max, **common)
+            lo, hi = spec.offered_range(step)
+            return gr.Slider(minimum=lo, maximum=hi, step=step, value=value, **common)
+        lo, hi = spec.offered_range()
+        return gr.Number(value=value, precision=0 if spec.type == "int" else None, minimum=lo, maximum=hi, **common)
     return gr.Textbox(value=spec.default or "", placeholder="(default)" if not spec.default else None, **common)
 
 
@@ -309,11 +344,17 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
     zoo_models = zoo.available()
     loaded = get_model(model)
     default_steps = loaded.call.get("num_inference_steps", 20)
-    arch = type(bench._denoiser(loaded.pipe)).__name__
+    arch = type(bench.denoiser(loaded.pipe)).__name__
     presets = sorted(n for n, p in reg.presets.items()  # the ones made for this architecture (or any)
                      if p.strategy in strategies and p.architecture in (None, arch))
     work = Path(tempfile.mkdtemp(prefix="dynaccel-demo-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # the generated media go when the demo stops
+    request_specs = {f.name: f for f in RequestInputs.fields_info()}
+
+    def refuse(exc: Exception):
+        """A bad request: one log line, and an error for the page or the API client (no traceback)."""
+        logger.warning("dynaccel demo: refused a request: %s", exc)
+        return gr.Error(str(exc), print_exception=False)
 
     def options_of(strategy: str, values: tuple) -> dict[str, Any]:
         return {name: v for (s, name), v in zip(keys, values) if s == strategy}
@@ -321,24 +362,24 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
     def run_compare(model_name, prompt, seed, steps, strategy, *values, progress=gr.Progress()):
         try:
             m = get_model(model_name)
-            c = compare(m, prompt, int(seed), int(steps), strategy, options_of(strategy, values), warmup=warmup,
+            c = compare(m, prompt, seed, steps, strategy, options_of(strategy, values), warmup=warmup,
                         progress=lambda f, d: progress(f, desc=d))
         except (DynaccelError, ValueError, TypeError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(exc) from None
         folder = Path(tempfile.mkdtemp(dir=work, prefix="compare-"))  # per request: nothing shared
         return (str(write_media(c.baseline, folder, "baseline")), str(write_media(c.accelerated, folder, strategy)),
                 results_markdown(c), c.metrics())
 
     def run_sweep(model_name, prompt, seed, steps, strategy, values_text, *values, progress=gr.Progress(track_tqdm=True)):
         try:
-            grid = [float(x) for x in values_text.replace(";", ",").split(",") if x.strip()]
+            grid = [float(x) for x in str(values_text).replace(";", ",").split(",") if x.strip()]
         except ValueError:
-            raise gr.Error(f"values {values_text!r}: accepted: comma-separated numbers, e.g. 0.05, 0.1, 0.2") from None
+            raise refuse(ConfigError(f"values {str(values_text)[:200]!r}: accepted: comma-separated numbers, "
+                                     "e.g. 0.05, 0.1, 0.2")) from None
         try:
-            rows = sweep(get_model(model_name), prompt, int(seed), int(steps), strategy, grid,
-                         options_of(strategy, values))
+            rows = sweep(get_model(model_name), prompt, seed, steps, strategy, grid, options_of(strategy, values))
         except (DynaccelError, ValueError, TypeError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(exc) from None
         option = sweep_field(strategy).name
         table = [[r.label, round(r.time_s, 4), round(r.speedup, 3), r.computed,
                   "inf" if math.isinf(r.psnr_db) else round(r.psnr_db, 2), round(r.ssim, 4)] for r in rows]
@@ -367,9 +408,10 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
         with gr.Row():
             model_box = gr.Dropdown(choices=zoo_models, value=model, allow_custom_value=True, elem_id="model",
                                     label="model", info="a zoo model or the path of a local diffusers pipeline folder")
-            prompt = gr.Textbox(value="a red circle moving right fast", label="prompt", elem_id="prompt")
-            seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
-            steps = gr.Slider(2, 100, value=default_steps, step=1, label="steps", elem_id="steps")
+            prompt = _control(gr, "", request_specs["prompt"], label="prompt", elem_id="prompt", info=None)
+            seed = _control(gr, "", request_specs["seed"], label="seed", elem_id="seed", info=None)
+            steps = _control(gr, "", request_specs["steps"], label="steps", elem_id="steps", info=None,
+                             value=default_steps)
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
@@ -398,7 +440,7 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
                     sweep_strategy = gr.Dropdown(sweepable, value=first if first in sweepable else sweepable[0],
                                                  label="strategy", elem_id="sweep-strategy")
                     sweep_text = gr.Textbox(value=", ".join(map(str, sweep_values(first))), elem_id="sweep-values",
-                                            label="values of its threshold",
+                                            label="values of its quality knob (the option its schema declares)",
                                             info="comma-separated; the strategy's other options come from the "
                                                  "Compare tab")
                 sweep_go = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
@@ -422,10 +464,10 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
                 options = json.loads(options_json or "{}")
                 if not isinstance(options, dict):
                     raise ConfigError(f"options {options_json!r}: accepted: a JSON object of the strategy's options")
-                c = compare(get_model(model_name), prompt_text, int(seed_value), int(steps_value), strategy_name,
-                            options, warmup=warmup)
+                c = compare(get_model(model_name), prompt_text, seed_value, steps_value, strategy_name, options,
+                            warmup=warmup)
             except (DynaccelError, ValueError, TypeError) as exc:
-                raise gr.Error(str(exc)) from None
+                raise refuse(exc) from None
             folder = Path(tempfile.mkdtemp(dir=work, prefix="api-"))
             out = c.metrics()
             out["baseline_file"] = str(write_media(c.baseline, folder, "baseline"))
@@ -433,6 +475,7 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
             return out
 
         gr.api(compare_api, api_name="compare", concurrency_limit=4)
+    app.dynaccel_work = work  # the folder of the generated media (removed at exit and on SIGTERM by launch)
     return app
 
 
@@ -441,6 +484,35 @@ def launch(model: str = "tiny-wan", port: int = 7860, warmup: bool = True, block
     app = build_app(model, warmup=warmup)
     app.queue(default_concurrency_limit=4)
     print(f"dynaccel demo: http://{HOST}:{port} (this machine only; no public link). Ctrl+C stops it.", flush=True)
-    app.launch(server_name=HOST, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
-               quiet=True)
+    restore = remove_on_sigterm(app.dynaccel_work)
+    try:
+        app.launch(server_name=HOST, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
+                   quiet=True)
+    finally:
+        if block:  # the server has stopped: the previous SIGTERM handler is back
+            restore()
     return app
+
+
+def remove_on_sigterm(folder: Path) -> Callable[[], None]:
+    """Remove ``folder`` when the process gets SIGTERM (``kill PID``; atexit does not run then), then hand the
+    signal to the handler installed before (the default one ends the process as usual). Returns a function that
+    puts the previous handler back. Outside the main thread (where signals cannot be handled) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        restore()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:  # the default action: end the process, as without this handler
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return restore

@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +21,7 @@ import dynaccel
 from dynaccel.comfy_nodes import runner
 from dynaccel.comfy_nodes.adapters import COMFY_ADAPTERS, ComfyWanAdapter
 from dynaccel.comfy_nodes.schema import config_from_inputs, node_inputs
+from dynaccel.core.config import StrategyConfig, option
 from dynaccel.core.registry import get_registry
 
 CACHE = ["adacache", "bwcache", "easycache", "fbcache", "magcache", "smoothcache", "taylorseer", "teacache"]
@@ -37,7 +39,7 @@ def test_node_inputs_come_from_the_config_schema(name):
         if f.choices:
             assert s.kind == "combo" and s.options == f.choices
         elif f.type in ("float", "int"):
-            assert s.kind == f.type and (s.min, s.max) == (f.min, f.max)
+            assert s.kind == f.type and (s.min, s.max) == f.offered_range(s.step)
             assert s.step == (f.step if f.step is not None else {"float": 0.001, "int": 1}[f.type])
         else:
             assert s.kind == {"bool": "bool", "str": "string"}[f.type]
@@ -49,6 +51,21 @@ def test_teacache_inputs_in_detail():
     assert specs["mode"].options == ("normal", "retention")
     assert specs["retention_steps"].kind == "int" and specs["retention_steps"].step == 1
     assert specs["coefficients"].kind == "string"
+
+
+def test_a_widget_offers_one_step_inside_an_exclusive_bound_and_the_value_is_accepted():
+    @dataclass(frozen=True)
+    class KeepConfig(StrategyConfig):
+        keep_ratio: float = option(0.5, doc="share kept", min=0.0, min_exclusive=True, max=1.0, step=0.05)
+        share: float = option(0.5, doc="share", min=0.0, max=1.0, max_exclusive=True)
+
+    keep, share = node_inputs(KeepConfig)
+    assert (keep.min, keep.max, share.min, share.max) == (0.05, 1.0, 0.0, 0.999)
+    assert "0.0 < keep_ratio <= 1.0" in keep.tooltip
+    cfg = config_from_inputs("keep", KeepConfig, {"keep_ratio": keep.min, "share": share.max})
+    assert (cfg.keep_ratio, cfg.share) == (0.05, 0.999)
+    with pytest.raises(dynaccel.ConfigError, match="exclusive minimum"):
+        config_from_inputs("keep", KeepConfig, {"keep_ratio": 0})
 
 
 def test_config_from_inputs_validates_and_maps_whole_floats():

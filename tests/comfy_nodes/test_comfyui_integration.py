@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,8 +47,9 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, root: Path, custom_nodes: dict[str, Path]):
+    def __init__(self, root: Path, custom_nodes: dict[str, Path], python: str | None = None):
         self.root = root
+        self.python = python or PYTHON
         self.out = root / "out"
         self.models = root / "models"
         nodes = root / "custom_nodes"
@@ -71,7 +73,7 @@ class Server:
         env = dict(os.environ, OMP_NUM_THREADS="1", DYNACCEL_TEST_OUT=str(self.out), PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)
         cmd = [
-            PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-api-nodes",
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-api-nodes",
             "--database-url", "sqlite:///:memory:", "--preview-method", "none",
             "--extra-model-paths-config", str(self.root / "extra.yaml"), "--output-directory", str(self.out),
         ]
@@ -195,12 +197,14 @@ def test_pack_loads_without_import_errors_and_lists_a_node_per_cache_strategy(se
         assert required["model"][0] == "MODEL" and node["output"] == ["MODEL"]
         # every option is an optional input (a workflow saved before an option existed still validates)
         assert set(required) == {"model"}
-        assert set(optional) == {f.name for f in reg.strategy(name).Config.fields_info()}
+        calibrates = name in ("magcache", "smoothcache")  # these keep their calibration unless told not to
+        assert set(optional) == {f.name for f in reg.strategy(name).Config.fields_info()} | (
+            {"keep_calibration"} if calibrates else set())
         for f in reg.strategy(name).Config.fields_info():
             kind, opts = optional[f.name]
             assert opts["default"] == f.default and f.doc in opts["tooltip"]
             if f.min is not None and not f.choices:
-                assert (opts["min"], opts["max"]) == (f.min, f.max)
+                assert (opts["min"], opts["max"]) == f.offered_range(opts["step"])
     assert "Dynaccel_Preset" in info and "Dynaccel_Stats" in info
     log = server.log_path.read_text()
     assert "IMPORT FAILED" not in log and "Traceback" not in log and "Cannot import" not in log
@@ -482,3 +486,123 @@ def test_flux_diffusers_and_comfyui_paths_make_the_same_decisions(tmp_path):
         elif case["comfy_skipped"] or any(case["comfy_reused_per_block"] or []):
             skipping.add(case["strategy"])
     assert skipping == {"teacache", "fbcache", "bwcache", "taylorseer", "adacache", "easycache"}
+
+
+# ---- defect 6: the Preset node checks the preset against the model ---------------------------------------------------
+
+
+def _node_error(result: dict) -> dict:
+    assert result["status"]["status_str"] == "error", json.dumps(result)[:2000]
+    return next(m[1] for m in result["status"]["messages"] if m[0] == "execution_error")
+
+
+def test_preset_node_offers_presets_for_comfyui_models_with_a_sensible_default(server):
+    combo = server.get("/object_info")["Dynaccel_Preset"]["input"]["required"]["preset"]
+    options, default = combo[1]["options"] if len(combo) > 1 and "options" in combo[1] else combo[0], combo[1]["default"]
+    assert "teacache-cogvideox1.5-5b" not in options  # no ComfyUI adapter covers CogVideoX
+    assert default == "teacache-wan2.1-t2v-1.3b" and "tiny-wan-teacache" in options and "teacache-flux" in options
+
+
+@pytest.mark.parametrize("preset,unet,wanted", [
+    ("teacache-flux", "tiny_wan21.safetensors", "the preset is for FluxTransformer2DModel"),
+    ("tiny-wan-teacache", "tiny_hunyuanvideo.safetensors", "the preset is for WanTransformer3DModel"),
+])
+def test_preset_for_another_architecture_fails_at_the_node(server, preset, unet, wanted):
+    err = _node_error(server.queue(workflow(f"wrong-{preset}", preset=preset, unet=unet)))
+    assert err["node_type"] == "Dynaccel_Preset" and wanted in err["exception_message"]
+    assert "presets for it:" in err["exception_message"]
+    assert "7" not in err["executed"]  # the sampler never ran
+
+
+# ---- defect 10: calibration said, and kept per model across node re-runs -------------------------------------------
+
+
+def _log_since(server, start: int) -> str:
+    return server.log_path.read_text()[start:]
+
+
+def test_calibration_is_said_and_kept_across_node_reruns_unless_opted_out(server):
+    opts = _defaults("magcache") | {"max_skip_steps": 2, "start": 0.0}
+    # opted out: this node calibrates (its first run computes everything) and keeps nothing
+    start = len(server.log_path.read_text())
+    result = _ok(server.queue(workflow("mag-a", "magcache", opts | {"threshold": 1.9, "keep_calibration": False})))
+    log = _log_since(server, start)
+    assert re.search(r"magcache: computed 10/10 steps.*\(calibration run: every step computed to calibrate magcache", log)
+    assert "calibration run" in _stats_text(result)
+    assert json.loads(_stats_text(result).split("\n", 1)[1])[-1]["calibration"] == "calibrated in this run"
+    # kept (the default): calibrates once more, then a re-run of the node (another threshold) starts calibrated
+    _ok(server.queue(workflow("mag-b", "magcache", opts | {"threshold": 1.8})))
+    start = len(server.log_path.read_text())
+    result = _ok(server.queue(workflow("mag-c", "magcache", opts | {"threshold": 2.0})))
+    log = _log_since(server, start)
+    assert "calibration run" not in log and "calibration run" not in _stats_text(result)
+    done, total = map(int, re.search(r"magcache: computed (\d+)/(\d+) steps", log).groups())
+    assert total == 10 and done < total  # skipped from its first run: the calibration was kept
+    assert json.loads(_stats_text(result).split("\n", 1)[1])[-1]["calibration"] == "calibrated"
+
+
+# ---- defect 12: the log line is prefixed and starts its own line ---------------------------------------------------
+
+
+def test_the_log_line_names_dynaccel_and_the_node_on_a_line_of_its_own(server):
+    start = len(server.log_path.read_text())
+    _ok(server.queue(workflow("log-line", "teacache", TEACACHE | {"threshold": 0.5})))
+    lines = _log_since(server, start).split("\n")
+    ours = [ln for ln in lines if "teacache: computed" in ln]
+    assert len(ours) == 1 and ours[0].startswith("dynaccel [node 3]: teacache: computed "), ours
+
+
+# ---- defect 11: a clone into custom_nodes, with requirements.txt installed, loads ----------------------------------
+
+
+def _tracked_copy(dest: Path) -> None:
+    """The repo's files as ``git clone`` gives them (tracked and not ignored), copied (not linked)."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def _python_without(names: tuple[str, ...], root: Path) -> str:
+    """A Python with ComfyUI's packages except ``names`` (and no installed dynaccel): a new venv whose site-packages
+    links every other entry of ComfyUI's."""
+    info = json.loads(subprocess.run([PYTHON, "-c", "import json, sys, sysconfig; print(json.dumps("
+                                      "[sys._base_executable, sysconfig.get_paths()['purelib']]))"],
+                                     capture_output=True, text=True, check=True).stdout)
+    base, comfy_site = info
+    venv = root / "venv"
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    for entry in Path(comfy_site).iterdir():
+        low = entry.name.lower()
+        if any(low.startswith(n) for n in names) or "dynaccel" in low or (site / entry.name).exists():
+            continue
+        (site / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    return py
+
+
+def test_clone_install_with_requirements_loads_without_import_failed(tmp_path):
+    py = _python_without(("pluggy", "click"), tmp_path)
+    assert subprocess.run([py, "-c", "import pluggy"], capture_output=True).returncode != 0  # really without
+    clone = tmp_path / "srv" / "custom_nodes" / "dynaccel"
+    clone.mkdir(parents=True)
+    _tracked_copy(clone)
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # what ComfyUI-Manager / the registry do for a cloned pack: install its requirements.txt
+    subprocess.run([PYTHON, "-m", "pip", "install", "-q", "--target", site, "-r", str(clone / "requirements.txt")],
+                   check=True, timeout=600)
+    srv = Server(tmp_path / "srv", {}, python=py)
+    srv.start()
+    try:
+        info = srv.get("/object_info")
+        assert "Dynaccel_teacache" in info and "Dynaccel_Preset" in info
+        log = srv.log_path.read_text()
+        assert "IMPORT FAILED" not in log and "No module named" not in log, log[-3000:]
+    finally:
+        srv.stop()

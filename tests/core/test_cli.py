@@ -44,7 +44,8 @@ def test_strategy_detail_shows_type_default_range_and_doc(capsys):
     data = json.loads(run(capsys, "strategies", "fbcache", "--json").out)
     threshold = next(f for f in data["fields"] if f["name"] == "threshold")
     assert threshold == {"name": "threshold", "type": "float", "default": 0.08, "min": 0.0, "max": 2.0,
-                         "step": 0.01, "choices": None, "doc": threshold["doc"]}
+                         "step": 0.01, "choices": None, "doc": threshold["doc"], "min_exclusive": False,
+                         "max_exclusive": False, "knob": True}
 
 
 def test_unknown_strategy_exits_2_and_lists_the_available_ones(capsys):

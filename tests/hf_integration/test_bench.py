@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_wan_folder
 
+import dynaccel
 from dynaccel.core.cli import main
 from dynaccel.hf_integration import bench
 
@@ -254,3 +255,14 @@ def test_default_strategies_come_from_strategy_metadata(fresh_registry):
 
     fresh_registry.get_registry().add_plugin(Plugin(), name="bench-meta")
     assert bench.default_strategies() == CACHE_STRATEGIES + ["new_cache", "other_family"]
+
+
+def test_setting_options_are_typed_and_checked_by_the_strategy_schema():
+    # the schema's conversion: an int option written as 3.0 is the int 3, a float option written as 1 is 1.0
+    s = bench.parse_setting("teacache:retention_steps=3.0,threshold=1")
+    assert s.config == {"retention_steps": 3, "threshold": 1.0} and isinstance(s.config["retention_steps"], int)
+    assert bench.parse_setting("preset:tiny-wan-teacache:retention_steps=4.0").config["retention_steps"] == 4
+    with pytest.raises(dynaccel.ConfigError, match=r"option 'threshold': got 'fast' \(type str\); accepted: float"):
+        bench.parse_setting("teacache:threshold=fast")
+    with pytest.raises(dynaccel.ConfigError, match="unknown option 'thresold' for strategy 'fbcache'"):
+        bench.parse_setting("fbcache:thresold=0.1")

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from stub_strategy import stub_plugin
 
 pytest.importorskip("gradio")
 
 import dynaccel  # noqa: E402
-from dynaccel import Handle, Strategy, StrategyConfig, option  # noqa: E402
+from dynaccel import StrategyConfig, option  # noqa: E402
 from dynaccel.hf_integration import bench, demo  # noqa: E402
 
 PROMPT = "a blue square moving up slow"
@@ -128,36 +129,8 @@ class ProbeConfig(StrategyConfig):
     note: str = option("", doc="free text")
 
 
-class ProbeHandle(Handle):
-    def _remove(self):
-        pass
-
-    def _reset(self, num_steps):
-        pass
-
-    @property
-    def stats(self):
-        return {"passes": 1, "computed": 1}
-
-
-class Probe(Strategy):
-    """Test strategy (no paper): changes nothing."""
-
-    name, family, Config, summary = "probe_test", "probe", ProbeConfig, "changes nothing"
-    needs_adapter = False
-
-    def apply(self, target, config, adapter, run_probe):
-        return ProbeHandle(self.name, self.family, target, config)
-
-
-class ProbePlugin:
-    @dynaccel.hookimpl
-    def register_strategies(self, register):
-        register(Probe)
-
-
 def test_controls_are_generated_from_the_config_schema(fresh_registry):
-    fresh_registry.get_registry().add_plugin(ProbePlugin(), name="probe-plugin")
+    fresh_registry.get_registry().add_plugin(stub_plugin("probe_test", "probe", ProbeConfig), name="probe-plugin")
     app = demo.build_app("tiny-wan", warmup=False)
     by_id = {b.elem_id: b for b in app.blocks.values() if getattr(b, "elem_id", None)}
     strategies = by_id["strategy"]

@@ -13,11 +13,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from stub_strategy import wait_for_http
 
 pytestmark = pytest.mark.slow  # a real browser and server: out of the inner loop; CI runs it
 pytest.importorskip("gradio")
@@ -49,17 +48,7 @@ def server(tmp_path_factory):
                                  "--threads", "1"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dynaccel demo did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_for_http(url, proc, log)
         yield url, log
     finally:
         proc.terminate()
