@@ -94,7 +94,8 @@ def strategies(name: str | None, as_json: bool) -> None:
         if f["choices"]:
             rng = " | ".join(map(str, f["choices"]))
         elif f["min"] is not None or f["max"] is not None:
-            rng = f"[{'' if f['min'] is None else f['min']}, {'' if f['max'] is None else f['max']}]"
+            lo, hi = "(" if f.get("min_exclusive") else "[", ")" if f.get("max_exclusive") else "]"
+            rng = f"{lo}{'' if f['min'] is None else f['min']}, {'' if f['max'] is None else f['max']}{hi}"
         else:
             rng = "-"
         rows.append([f["name"], f["type"], repr(f["default"]), rng, f["doc"]])

@@ -201,11 +201,15 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
 
     from ..core.files import check_writable_target
 
-    get_registry().strategy(strategy)  # unknown names fail before loading anything
+    cls = get_registry().strategy(strategy)  # unknown names fail before loading anything
+    knob = cls.Config.quality_knob_field()
+    if knob is None:
+        raise click.BadParameter(f"{strategy!r} declares no quality knob to search; accepted: a strategy whose "
+                                 "Config declares one (option(..., knob=True))", param_hint="--strategy")
     check_writable_target(out)  # so does an --out whose folder is missing (no folder is created)
     base = b.parse_setting(f"{strategy}:{','.join(fixed)}").config if fixed else {}
-    if "threshold" in base:
-        raise click.BadParameter("threshold is what calibrate searches; fix other options", param_hint="--set")
+    if knob.name in base:
+        raise click.BadParameter(f"{knob.name} is what calibrate searches; fix other options", param_hint="--set")
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:

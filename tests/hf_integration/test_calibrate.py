@@ -131,3 +131,13 @@ def test_fixed_options_are_kept_in_the_preset_and_bad_ones_refused(folder, tmp_p
             main(["calibrate", "--model", str(folder), "--strategy", "taylorseer", "--set", fixed, "--out", str(bad)])
         assert exc.value.code == 2 and msg in capsys.readouterr().err
         assert not bad.exists()
+
+
+def test_a_strategy_without_a_quality_knob_is_refused_before_loading(tmp_path, capsys):
+    # calibrate searches the knob the strategy's schema declares; sparse attention declares none
+    out = tmp_path / "sta.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--model", str(tmp_path / "no-such-model"), "--strategy", "sliding_tile", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "'sliding_tile' declares no quality knob to search" in err
+    assert "Traceback" not in err and not out.exists()
