@@ -172,10 +172,10 @@ def resolve_model(model: str) -> Path:
 
 
 def load_pipeline(path: Path):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(str(path), dtype=torch.float32)
+    # a local folder: nothing is looked up on the Hub (and the process environment is left as it was)
+    pipe = DiffusionPipeline.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
     for comp in pipe.components.values():
         if isinstance(comp, torch.nn.Module):
             comp.eval()
