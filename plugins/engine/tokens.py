@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from ...core.errors import UnsupportedModelError
-from .kernels import query_rows_attention
+from .base import Engine
 
 _PREFIX = "dynaccel_"
 _SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -286,10 +286,11 @@ class Policy:
         pass
 
 
-class TokenEngine:
-    """Installs a :class:`Policy` on a transformers model through its adapter; :meth:`remove` undoes it."""
+class TokenEngine(Engine):
+    """Installs a :class:`Policy` on a transformers model through its adapter; :meth:`uninstall` undoes it."""
 
-    def __init__(self, adapter: Any, policy: Policy):
+    def __init__(self, adapter: Any, policy: Policy, strategy: str = ""):
+        self.strategy = strategy
         self.adapter = adapter
         self.policy = policy
         self.layers = adapter.decoder_layers()
@@ -302,8 +303,8 @@ class TokenEngine:
         self._swapped_configs: list[tuple[Any, Any]] = []
         self._vision_ids: set[int] = set()
         self._orig_vision_attention: Callable | None = None
-        self.stats: dict[str, Any] = {}
-        self.reset_stats()
+        self.counts: dict[str, Any] = {}
+        self._reset_counts()
 
     # -------------------------------------------------------------------------------------------------- install
 
@@ -348,7 +349,8 @@ class TokenEngine:
         config._attn_implementation = name
         return fn
 
-    def remove(self) -> None:
+    def uninstall(self) -> None:
+        """Remove the hooks, give back the attention implementation names; safe after a partial install."""
         self._restore_layers()
         for h in self._handles:
             h.remove()
@@ -361,8 +363,32 @@ class TokenEngine:
         self._swapped_configs = []
         self.fwd = None
 
-    def reset_stats(self) -> None:
-        self.stats = {
+    def reset(self, num_steps: int | None = None) -> None:
+        """Clear the counters and the policy's per-generation state (``num_steps`` is not used by token policies)."""
+        self._reset_counts()
+        self.policy.reset()
+
+    def stats(self) -> dict[str, Any]:
+        s = dict(self.counts)
+        s.update(getattr(self.policy, "stats", {}))
+        return s
+
+    def summary(self) -> str:
+        s = self.stats()
+        parts = [f"{self.strategy}:"]
+        if s["prefill_token_layers_full"]:
+            parts.append(
+                f"prefill computed {s['prefill_token_layers']}/{s['prefill_token_layers_full']} token-layers "
+                f"({s['prefill_tokens']} tokens x {s['layers']} layers)"
+            )
+        if s["decode_token_layers_full"]:
+            parts.append(f"decode {s['decode_token_layers']}/{s['decode_token_layers_full']} token-layers over {s['decode_steps']} steps")
+        if s["kv_entries_full"]:
+            parts.append(f"KV cache {s['kv_entries']}/{s['kv_entries_full']} entries")
+        return " ".join(parts)
+
+    def _reset_counts(self) -> None:
+        self.counts = {
             "layers": self.num_layers,
             "prefill_tokens": 0,
             "prefill_computed_per_layer": [],
@@ -561,7 +587,7 @@ class TokenEngine:
         return (full,) + tuple(output[1:]) if isinstance(output, tuple) else full
 
     def _account(self, fwd: Forward) -> None:
-        s = self.stats
+        s = self.counts
         if fwd.first:
             s["prefill_tokens"] = fwd.length
             s["prefill_computed_per_layer"] = list(fwd.computed)
@@ -624,6 +650,8 @@ def last_token_scores(query, key, attention_mask, scaling) -> torch.Tensor:
             bias = torch.zeros(row.shape, dtype=torch.float32, device=row.device).masked_fill(~row, float("-inf"))
         else:
             bias = row.float()
+    from ..token_pruning.kernels import query_rows_attention  # the family's kernel (imported here: no cycle)
+
     return query_rows_attention(query[:, :, -1:, :].detach(), key.detach(), bias, scale=scaling)[:, 0]
 
 
