@@ -59,7 +59,7 @@ class Engine:
     @contextlib.contextmanager
     def record_signals(self) -> Iterator[list]:
         """Record the strategy's decision signal of every pass while the block runs (see
-        :meth:`EngineHandle.record_signals`). Engines whose policies record nothing yield an empty list."""
+        :meth:`dynaccel.core.strategy.Handle.record_signals`). Engines whose policies record nothing yield []."""
         yield []
 
 
@@ -99,9 +99,7 @@ class EngineHandle(Handle):
 
     @contextlib.contextmanager
     def record_signals(self) -> Iterator[list]:
-        """Within the block, every pass appends ``(kind, branch, step, value)`` to the list it yields: ``kind`` is
-        ``"in"`` for the strategy's decision signal (e.g. TeaCache's relative change of block 0's modulated input)
-        and ``"out"`` for the change of what it would reuse (the block stack's residual). Used by calibration."""
+        """See :meth:`dynaccel.core.strategy.Handle.record_signals`; the engine does the recording."""
         with self.engine.record_signals() as records:
             yield records
 
