@@ -79,10 +79,24 @@ def add_hook(module: torch.nn.Module, hook: Any, name: str) -> None:
 
 
 def remove_hook(module: torch.nn.Module, name: str) -> None:
-    """Remove hook ``name`` from ``module`` if it is there (safe after a partial install)."""
+    """Remove hook ``name`` from ``module`` if it is there (safe after a partial install), wherever it sits.
+
+    ``HookRegistry.remove_hook`` is exact only for the last hook registered: removing one that another hook with a
+    ``new_forward`` was registered after overwrites that hook's forward reference, and the later hook then never
+    runs its ``new_forward`` (diffusers 0.42). So the hooks registered after ``name`` are taken off first (each
+    then the last one), ``name`` is removed, and they are registered again in their order (same hook objects,
+    state kept). See docs/engine.md.
+    """
     registry = getattr(module, "_diffusers_hook", None)
-    if registry is not None and name in registry.hooks:
-        registry.remove_hook(name, recurse=False)
+    if registry is None or name not in registry.hooks:
+        return
+    order = list(registry.hooks)  # insertion order: the order of registration
+    later = [(n, registry.get_hook(n)) for n in order[order.index(name) + 1:]]
+    for n, _ in reversed(later):
+        registry.remove_hook(n, recurse=False)
+    registry.remove_hook(name, recurse=False)
+    for n, hook in later:
+        registry.register_hook(hook, n)
 
 
 def refresh(model: torch.nn.Module) -> None:

@@ -48,3 +48,25 @@ def test_a_second_cache_strategy_on_the_pipelines_transformer_is_refused_and_the
         pipe.enable_accel("teacache", threshold=0.1)
     dynaccel.disable_accel(pipe.transformer)
     assert torch.equal(run_wan(pipe), full)
+
+
+def test_two_engines_on_one_module_have_their_own_hook_names_and_each_removes_only_its_own(pipe):
+    """Different families on one transformer (cache through the pipeline, sparse attention on the module)."""
+    fb = pipe.enable_accel("fbcache", threshold=1.0)
+    cached = run_wan(pipe)
+    dynaccel.enable_accel(pipe.transformer, "sliding_tile", dense_steps=100, block_size=16)  # dense: exact
+    names = list(pipe.transformer._diffusers_hook.hooks)
+    assert len(names) == len(set(names)) == 2
+    assert set(pipe.accel_stats) == {"fbcache", "sliding_tile"}
+    assert torch.equal(run_wan(pipe), cached)
+    dynaccel.disable_accel(pipe.transformer, "sliding_tile")
+    assert torch.equal(run_wan(pipe), cached) and list(pipe.accel_stats) == ["fbcache"]
+
+    # the hook registered first goes while a later one stays: the later one keeps running
+    sparse = dynaccel.enable_accel(pipe.transformer, "sliding_tile", dense_steps=100, block_size=16)
+    pipe.disable_accel("fbcache")
+    plain = run_wan(pipe)
+    assert not torch.equal(plain, cached) and not fb.active
+    assert list(pipe.accel_stats) == ["sliding_tile"] and sparse.stats["attention_calls"] > 0
+    dynaccel.disable_accel(pipe.transformer)
+    assert torch.equal(run_wan(pipe), plain) and not pipe.transformer._diffusers_hook.hooks
