@@ -87,8 +87,8 @@ def remove_hook(module: torch.nn.Module, name: str) -> None:
     then the last one), ``name`` is removed, and they are registered again in their order (same hook objects,
     state kept). See docs/engine.md.
     """
-    registry = getattr(module, "_diffusers_hook", None)
-    if registry is None or name not in registry.hooks:
+    registry = _classes()[0].check_if_exists_or_initialize(module)
+    if name not in registry.hooks:
         return
     order = list(registry.hooks)  # insertion order: the order of registration
     later = [(n, registry.get_hook(n)) for n in order[order.index(name) + 1:]]
@@ -101,9 +101,7 @@ def remove_hook(module: torch.nn.Module, name: str) -> None:
 
 def refresh(model: torch.nn.Module) -> None:
     """Tell the model's registry that hooks of its children changed (its cache of child registries is stale)."""
-    registry = getattr(model, "_diffusers_hook", None)
-    if registry is not None:
-        registry.invalidate_child_registries_cache()
+    _classes()[0].check_if_exists_or_initialize(model).invalidate_child_registries_cache()
 
 
 def context_fields(ctx: Any) -> tuple[str, int | None, int | None, float | None]:
