@@ -104,7 +104,9 @@ class EngineHandle(Handle):
             yield records
 
 
-def apply_engine(strategy: Any, target: Any, config: Any, engine: Engine, handle_cls: type[EngineHandle] = EngineHandle):
+def apply_engine(
+    strategy: Any, target: Any, config: Any, engine: Engine, handle_cls: type[EngineHandle] = EngineHandle
+) -> EngineHandle:
     """Install ``engine`` (rolled back on failure) and return its handle: the end of every family's ``apply``."""
     install_or_roll_back(engine)
     return handle_cls(strategy.name, strategy.family, target, config, engine)
