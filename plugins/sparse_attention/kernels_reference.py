@@ -13,14 +13,8 @@ __all__ = ["block_sparse_attention_reference"]
 
 
 def block_sparse_attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    block_mask: torch.Tensor,
-    block_size: int,
-    kv_len: torch.Tensor | None = None,
-    scale: float | None = None,
-    remainder: str = "drop",
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, block_size: int,
+    kv_len: torch.Tensor | None = None, scale: float | None = None, remainder: str = "drop",
 ) -> torch.Tensor:
     """Dense attention in float32 with the block mask expanded to tokens; rows with no allowed key give zeros.
     ``remainder="pooled"``: every refused key block with a valid token adds its pooled key (see the module

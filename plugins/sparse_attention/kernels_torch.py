@@ -18,14 +18,8 @@ _GATHER_CHUNK_ELEMS = 1 << 24
 
 
 def block_sparse_attention_torch(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    block_mask: torch.Tensor,
-    block_size: int,
-    kv_len: torch.Tensor | None = None,
-    scale: float | None = None,
-    remainder: str = "drop",
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, block_size: int,
+    kv_len: torch.Tensor | None = None, scale: float | None = None, remainder: str = "drop",
 ) -> torch.Tensor:
     """Gathered block-sparse attention: per query block, one softmax over its allowed key blocks only (and, with
     ``remainder="pooled"``, the pooled keys of the refused ones)."""

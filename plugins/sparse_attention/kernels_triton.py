@@ -151,14 +151,8 @@ if triton is not None:
 
 
 def block_sparse_attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    block_mask: torch.Tensor,
-    block_size: int,
-    kv_len: torch.Tensor | None = None,
-    scale: float | None = None,
-    remainder: str = "drop",
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, block_size: int,
+    kv_len: torch.Tensor | None = None, scale: float | None = None, remainder: str = "drop",
 ) -> torch.Tensor:
     """The Triton forward kernel (see the module docstring); raises when Triton is unavailable."""
     if triton is None:
