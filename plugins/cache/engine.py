@@ -217,8 +217,6 @@ class CacheEngine(Engine):
             on_start=policy.run_started,
             on_finish=self._run_finished,
         )
-        #: whether finishing a run logs :meth:`summary` (``start_run(log=False)``: the runner logs its own line)
-        self.log_summary = True
         self.run_hook = hook_name("cache", "run")
         self.block_hook = hook_name("cache", "block")
         self.installed = False
@@ -263,12 +261,6 @@ class CacheEngine(Engine):
     # ---- runs ---------------------------------------------------------------------------------------------------
     def reset(self, num_steps: int | None = None) -> None:
         """End the current generation; the next pass starts a new one (of ``num_steps`` steps when given)."""
-        self.tracker.start(num_steps)
-
-    def start_run(self, num_steps: int | None, log: bool = True) -> None:
-        """For runners that drive passes themselves: a new generation of ``num_steps`` steps starts with the next
-        pass; ``log=False``: finishing it logs nothing (the runner writes its own line)."""
-        self.log_summary = log
         self.tracker.start(num_steps)
 
     def finish_run(self) -> None:

@@ -8,6 +8,12 @@ Engine (one per model a strategy is applied to)::
     engine.stats() -> dict          # counters of the last (or current) generation
     engine.summary() -> str         # one line saying what the strategy did
 
+Runners that drive the model passes themselves (the ComfyUI nodes) also use::
+
+    engine.start_run(num_steps, log=False)   # a new generation starts with the next pass; no log line at its end
+    engine.in_pass                           # True while a model pass is in progress
+    engine.finish_run()                      # the generation ended (stats stay readable)
+
 Handle (what ``Strategy.apply`` returns, see :class:`~dynaccel.core.strategy.Handle`): ``remove()``, ``reset()``,
 the ``stats`` property and ``summary()``. :class:`EngineHandle` maps them onto an engine, so that every family's
 handle has the same names and behaviour.
@@ -40,6 +46,8 @@ class Engine:
     """Base of the engines (cache, sparse attention, tokens). Subclasses implement the five methods."""
 
     strategy: str = ""
+    #: whether finishing a generation logs :meth:`summary` (``start_run(log=False)`` turns it off)
+    log_summary: bool = True
 
     def install(self) -> None:
         raise NotImplementedError
@@ -55,6 +63,20 @@ class Engine:
 
     def summary(self) -> str:
         return f"{self.strategy}: {self.stats()}"
+
+    def start_run(self, num_steps: int | None = None, log: bool = True) -> None:
+        """For runners that drive passes themselves: a new generation (of ``num_steps`` steps when known) starts
+        with the next pass; ``log=False``: finishing it writes no log line (the runner writes its own)."""
+        self.log_summary = log
+        self.reset(num_steps)
+
+    def finish_run(self) -> None:
+        """The generation ended (engines whose runs need closing override this)."""
+
+    @property
+    def in_pass(self) -> bool:
+        """True while a model pass is in progress (engines that track passes override this)."""
+        return False
 
     @contextlib.contextmanager
     def record_signals(self) -> Iterator[list]:

@@ -164,6 +164,7 @@ class SparseAttentionEngine(Engine):
         self.run_hook = hook_name("sparse_attention", "run")
         self.grid: tuple[int, int, int] | None = None
         self.step = 0
+        self._calls_in_progress = 0
         self.tracker: RunTracker[Run] = RunTracker(probe, on_start=self._run_started)
         self.counts = _Stats()
         #: (mean density, mean work) of each earlier generation since apply, oldest first (at most _MAX_RUNS)
@@ -222,7 +223,15 @@ class SparseAttentionEngine(Engine):
             self.counts.steps = max(self.counts.steps, call.step + 1)
             hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             self.policy.step_started(call.step, hs)
-        return orig(*args, **kwargs)
+        self._calls_in_progress += 1
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            self._calls_in_progress -= 1
+
+    @property
+    def in_pass(self) -> bool:
+        return self._calls_in_progress > 0
 
     # ---- router protocol --------------------------------------------------------------------------------------
     def sparse_now(self) -> bool:
