@@ -17,7 +17,7 @@ leave the sequence, a skipped layer computes no token at all). The engine implem
 - for policies that rank tokens by attention, an attention function registered through transformers'
   ``AttentionInterface`` (with the matching ``AttentionMaskInterface`` entry) wraps the model's own SDPA or eager
   attention and, in the layers that need it, computes only the query rows needed (the last token's attention,
-  :func:`~dynaccel.plugins.token_pruning.kernels.query_rows_attention`), never the full map.
+  :func:`~dynaccel.plugins.engine.token_kernels.query_rows_attention`), never the full map.
 
 Nothing of transformers is replaced; removing the engine removes the hooks, restores the attention implementation
 name, and leaves a model that computes exactly what it computed before.
@@ -34,6 +34,7 @@ import torch
 
 from ...core.errors import UnsupportedModelError
 from .base import Engine
+from .token_kernels import query_rows_attention
 
 _PREFIX = "dynaccel_"
 _SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -650,8 +651,6 @@ def last_token_scores(query, key, attention_mask, scaling) -> torch.Tensor:
             bias = torch.zeros(row.shape, dtype=torch.float32, device=row.device).masked_fill(~row, float("-inf"))
         else:
             bias = row.float()
-    from ..token_pruning.kernels import query_rows_attention  # the family's kernel (imported here: no cycle)
-
     return query_rows_attention(query[:, :, -1:, :].detach(), key.detach(), bias, scale=scaling)[:, 0]
 
 

@@ -1,5 +1,5 @@
-"""The pure-torch reference of :func:`~.kernels.query_rows_attention` (the parity tests' ground truth and the
-CPU path)."""
+"""The pure-torch reference of :func:`~.token_kernels.query_rows_attention` (the parity tests' ground truth and
+the CPU path)."""
 
 from __future__ import annotations
 

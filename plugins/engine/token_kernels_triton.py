@@ -1,5 +1,5 @@
-"""The Triton kernel of :func:`~.kernels.query_rows_attention`: one program per (batch, head, query row), two
-passes over the keys. Imports without Triton (the launcher then raises)."""
+"""The Triton kernel of :func:`~.token_kernels.query_rows_attention`: one program per (batch, head, query row),
+two passes over the keys. Imports without Triton (the launcher then raises)."""
 
 from __future__ import annotations
 
