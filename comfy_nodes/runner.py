@@ -153,8 +153,7 @@ class Accelerator:
         self.sigmas = [float(s) for s in sigmas.flatten().tolist()] if sigmas is not None else []
         self.branch_keys = {}
         engine = CacheEngine(self.diffusion_model, self.policy, None, self.strategy.name)
-        engine.manual_steps = max(len(self.sigmas) - 1, 0) or None
-        engine.log_summary = False  # this runner logs its own line (in steps) below
+        engine.start_run(max(len(self.sigmas) - 1, 0) or None, log=False)  # this runner logs its own line below
         self.engine = engine
         try:
             return executor(*args, **kwargs)
@@ -181,7 +180,7 @@ class Accelerator:
     def block_call(self, i: int, args: dict, extra: dict) -> Any:
         engine = self.engine
         original = extra["original_block"]
-        if engine is None or engine.current is None:
+        if engine is None or not engine.in_pass:
             return original(args)
         if self.adapter.inplace_blocks and (i <= 1 or self.policy.level == "per_block"):
             # the block adds into its input tensors in place: it runs on copies, so that the tensors the engine keeps

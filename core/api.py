@@ -11,10 +11,11 @@ Example (any diffusers pipeline or torch module)::
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -23,8 +24,10 @@ from .presets import Preset
 from .registry import check_config, get_registry
 from .strategy import Handle, RunProbe
 
-# target (pipeline or module) -> {family: handle}; weak so that dropping a pipeline frees it
-_ACTIVE: "weakref.WeakKeyDictionary[Any, dict[str, Handle]]" = weakref.WeakKeyDictionary()
+# module that carries the hooks (a denoiser, a model) -> {family: the HandleGroup installed on it}. Keyed by the
+# module, not by what enable_accel was given: a pipeline and its transformer are two targets and one module, and
+# what is active on the module is what counts. Weak, so that dropping a model frees it.
+_ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, HandleGroup]]" = weakref.WeakKeyDictionary()
 
 _DENOISER_ATTRS = ("transformer", "transformer_2", "unet")
 
@@ -141,6 +144,23 @@ class HandleGroup(Handle):
         super().__init__(strategy, family, target, config)
         self.parts = parts
 
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        """The modules that carry this strategy's hooks (one per part)."""
+        return [h.target for h in self.parts.values()]
+
+    @contextlib.contextmanager
+    def record_signals(self) -> Iterator[list]:
+        """Every part's records, part after part (see :meth:`Handle.record_signals`)."""
+        records: list = []
+        with contextlib.ExitStack() as stack:
+            lists = [stack.enter_context(h.record_signals()) for h in self.parts.values()]
+            try:
+                yield records
+            finally:
+                for part in lists:
+                    records.extend(part)
+
     def _remove(self) -> None:
         for h in self.parts.values():
             h.remove()
@@ -165,7 +185,9 @@ def enable_accel(target: Any, name: str | None = None, *, preset: str | Path | P
     """Install strategy ``name`` (or a preset) on a pipeline or model and return its handle.
 
     Everything is validated before the target is touched: an unknown name, option, wrong type or out-of-range value
-    raises and leaves the target as it was. Enabling a strategy of a family already active replaces it.
+    raises and leaves the target as it was. Enabling a strategy of a family already active replaces it; when that
+    strategy was enabled through another target (a pipeline and its own transformer carry the same hooks), this
+    raises StackingError naming both and leaves the first one working.
     """
     reg = get_registry()
     if preset is not None:
@@ -184,19 +206,28 @@ def enable_accel(target: Any, name: str | None = None, *, preset: str | Path | P
     modules, probe = _resolve_target(target)
     adapters = [reg.adapter_for(m, cls) if cls.needs_adapter else reg.find_adapter(m) for _, m in modules]
 
-    active = _ACTIVE.setdefault(target, {})
-    for fam, h in active.items():
-        if fam == cls.family:
+    active = _handles_on([m for _, m in modules])
+    for h in active:
+        if h.family == cls.family:
+            if h.target is not target:  # the same family through another target (a pipeline and its transformer)
+                raise StackingError(
+                    f"strategy {name!r} ({cls.family}) cannot be enabled on {_describe(target)}: {h.strategy!r} "
+                    f"({h.family}) is already active on {_module_names(h, modules)}, enabled through "
+                    f"{_describe(h.target)}; one {cls.family} strategy per model. Disable it first with "
+                    f"disable_accel(<the {_kind(h.target)}>, {h.strategy!r}), or enable {name!r} on the "
+                    f"{_kind(h.target)} to replace it"
+                )
             continue
         other = reg.strategies.get(h.strategy)
-        if fam in cls.conflicts_with or (other is not None and cls.family in other.conflicts_with):
+        if h.family in cls.conflicts_with or (other is not None and cls.family in other.conflicts_with):
             raise StackingError(
-                f"strategy {name!r} ({cls.family}) cannot run together with {h.strategy!r} ({fam}); "
+                f"strategy {name!r} ({cls.family}) cannot run together with {h.strategy!r} ({h.family}); "
                 f"disable it first with disable_accel(target, {h.strategy!r})"
             )
 
-    previous = active.pop(cls.family, None)
+    previous = next((h for h in active if h.family == cls.family), None)
     if previous is not None:
+        _forget(previous)
         previous.remove()
     installed: dict[str, Handle] = {}
     try:
@@ -209,36 +240,84 @@ def enable_accel(target: Any, name: str | None = None, *, preset: str | Path | P
             enable_accel(target, previous.strategy, **previous.config.to_dict())
         raise
     handle = HandleGroup(name, cls.family, target, cfg, installed)
-    active[cls.family] = handle
+    for module in handle.modules:
+        _ACTIVE.setdefault(module, {})[cls.family] = handle
     if _is_pipeline(target):
         for message in cls().pipeline_warnings(target, cfg):
             warnings.warn(message, AccelWarning, stacklevel=2)
     return handle
 
 
+def _handles_on(modules: list[torch.nn.Module]) -> list[HandleGroup]:
+    """The active handles on any of ``modules``, each once, in the order they were found."""
+    found: list[HandleGroup] = []
+    for m in modules:
+        per_family = _ACTIVE.get(m)
+        if not per_family:
+            continue
+        for fam, h in list(per_family.items()):
+            if not h.active:  # removed through the handle itself
+                del per_family[fam]
+            elif not any(h is f for f in found):
+                found.append(h)
+    return found
+
+
+def _forget(handle: HandleGroup) -> None:
+    for module in handle.modules:
+        per_family = _ACTIVE.get(module)
+        if per_family is not None and per_family.get(handle.family) is handle:
+            del per_family[handle.family]
+
+
+def _modules_of(target: Any) -> list[torch.nn.Module]:
+    try:
+        return [m for _, m in _resolve_target(target)[0]]
+    except UnsupportedTargetError:
+        return []
+
+
+def _kind(target: Any) -> str:
+    return "pipeline" if _is_pipeline(target) else "model"
+
+
+def _describe(target: Any) -> str:
+    return f"the {_kind(target)} ({type(target).__name__})"
+
+
+def _module_names(handle: HandleGroup, modules: list[tuple[str, torch.nn.Module]]) -> str:
+    shared = [m for _, m in modules if any(m is h for h in handle.modules)]
+    return ", ".join(type(m).__name__ for m in shared) or "this model"
+
+
 def disable_accel(target: Any, name: str | None = None) -> list[str]:
     """Remove strategies from ``target``: all of them, or the one called ``name`` (a strategy or family name).
 
-    Returns the names of the strategies removed. Outputs afterwards are bit-identical to never having enabled.
+    What counts is what is active on the target's modules: a strategy enabled through a pipeline is disabled
+    through the pipeline or through its transformer alike. Returns the names of the strategies removed. Outputs
+    afterwards are bit-identical to never having enabled.
     """
-    active = _ACTIVE.get(target, {})
+    active = _handles_on(_modules_of(target))
     removed = []
-    for fam, h in list(active.items()):
-        if name is None or name in (fam, h.strategy):
+    for h in active:
+        if name is None or name in (h.family, h.strategy):
+            _forget(h)
             h.remove()
-            del active[fam]
             removed.append(h.strategy)
     if name is not None and not removed:
-        current = ", ".join(h.strategy for h in active.values()) or "none"
+        current = ", ".join(h.strategy for h in active) or "none"
         raise ConfigError(f"strategy {name!r} is not enabled on this target; enabled: {current}")
     return removed
 
 
 def active_handles(target: Any) -> dict[str, Handle]:
-    """The handles active on ``target``, keyed by family."""
-    return dict(_ACTIVE.get(target, {}))
+    """The handles active on ``target``'s modules, keyed by family."""
+    out: dict[str, Handle] = {}
+    for h in _handles_on(_modules_of(target)):
+        out.setdefault(h.family, h)
+    return out
 
 
 def accel_stats(target: Any) -> dict[str, Any]:
     """Stats of the last (or current) call, keyed by strategy name."""
-    return {h.strategy: h.stats for h in _ACTIVE.get(target, {}).values()}
+    return {h.strategy: h.stats for h in _handles_on(_modules_of(target))}

@@ -8,7 +8,8 @@ Strategies never name model classes: everything architecture-specific comes from
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+import contextlib
+from typing import Any, Callable, ClassVar, Iterator
 
 from .config import StrategyConfig
 
@@ -35,6 +36,16 @@ class Strategy:
     #: whether ``dynaccel bench`` runs it in its default rows on a diffusers pipeline; None: by family (the bench
     #: measures step caching: every strategy of family ``cache`` is run, a third party's too)
     bench_default: ClassVar[bool | None] = None
+    #: the option calibration fits from the recorded decision signal (see :meth:`Handle.record_signals`): a
+    #: polynomial from the signal's change to the change of what is reused (TeaCache: ``"coefficients"``); None:
+    #: nothing to fit
+    fitted_option: ClassVar[str | None] = None
+
+    @classmethod
+    def signal_recording_config(cls) -> dict[str, Any]:
+        """The options to run with while recording the decision signal for :attr:`fitted_option`: every pass
+        computed, the signal taken as it is (e.g. TeaCache: threshold 0, the identity polynomial)."""
+        return {}
 
     def apply(self, target: Any, config: StrategyConfig, adapter: Any, run_probe: RunProbe | None) -> "Handle":
         raise NotImplementedError
@@ -87,6 +98,14 @@ class Handle:
     def summary(self) -> str:
         """One line saying what the strategy did in the last generation."""
         return f"{self.strategy}: {self.stats}"
+
+    @contextlib.contextmanager
+    def record_signals(self) -> Iterator[list]:
+        """Record the strategy's decision signal while the block runs; the list it yields holds, once the block
+        has exited, one ``(kind, branch, step, value)`` per measurement: ``kind`` ``"in"`` for the signal the
+        strategy decides on (TeaCache: the relative change of block 0's modulated input), ``"out"`` for the change
+        of what it would reuse (the block stack's residual). Strategies without a signal record nothing."""
+        yield []
 
     def _remove(self) -> None:
         raise NotImplementedError

@@ -52,19 +52,17 @@ class CalibrationResult:
     side_file: dict[str, Any] | None = None  # calibration data written beside the preset
 
 
-def fit_teacache(pipe, prompts: list[str], seeds: list[int], call: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Fitted coefficients as the option string, and the fit's diagnostics."""
-    handle = pipe.enable_accel("teacache", threshold=0.0, coefficients="0,0,0,1,0")
-    policies = [part.engine.policy for part in handle.parts.values()]
-    for pol in policies:
-        pol.recorder = []
+def fit_teacache(pipe, prompts: list[str], seeds: list[int], call: dict[str, Any],
+                 strategy: str = "teacache") -> tuple[str, dict[str, Any]]:
+    """Fitted coefficients (the strategy's ``fitted_option``) as the option string, and the fit's diagnostics."""
+    handle = pipe.enable_accel(strategy, **get_registry().strategy(strategy).signal_recording_config())
     try:
-        for prompt in prompts:
-            for seed in seeds:
-                pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="latent", **call)
+        with handle.record_signals() as records:
+            for prompt in prompts:
+                for seed in seeds:
+                    pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="latent", **call)
     finally:
-        records = [r for pol in policies for r in (pol.recorder or [])]
-        pipe.disable_accel("teacache")
+        pipe.disable_accel(strategy)
     xs_by, ys_by = {}, {}
     run_of: dict[str, int] = {}
     for kind, branch, step, value in records:
@@ -119,8 +117,8 @@ def calibrate(
         reg.adapter_for(bench._denoiser(pipe), cls)
     diagnostics: dict[str, Any] = {}
     side_file = None
-    if strategy == "teacache" and "coefficients" not in config:
-        config["coefficients"], diagnostics = fit_teacache(pipe, fit_prompts, seeds, call)
+    if cls.fitted_option and cls.fitted_option not in config:
+        config[cls.fitted_option], diagnostics = fit_teacache(pipe, fit_prompts, seeds, call, strategy)
     if strategy in SIDE_FILES:
         option = SIDE_FILES[strategy]
         tmp = Path(tempfile.mkdtemp(prefix="dynaccel-cal-")) / "calibration.json"

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from dynaccel.kernels.testing import ATTENTION_TOLERANCES  # noqa: E402
-from dynaccel.plugins.sparse_attention import kernels  # noqa: E402
+from dynaccel.plugins.sparse_attention import kernels, kernels_triton  # noqa: E402
 from dynaccel.plugins.sparse_attention.masks import blocks_for_density, topk_block_mask  # noqa: E402
 
 ATTN_TOL = {dt: (t["rtol"], t["atol"]) for dt, t in ATTENTION_TOLERANCES.items()}
@@ -201,9 +201,9 @@ def main(argv=None):
     ap.add_argument("--stages", type=int, default=None, help="override the kernel's pipeline stages (tuning)")
     args = ap.parse_args(argv)
     if args.warps:
-        kernels._warps = lambda block, block_d: args.warps
+        kernels_triton._warps = lambda block, block_d: args.warps
     if args.stages:
-        kernels._stages = lambda block, block_d, elem: args.stages
+        kernels_triton._stages = lambda block, block_d, elem: args.stages
 
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():

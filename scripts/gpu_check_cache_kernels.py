@@ -23,6 +23,7 @@ import torch
 
 from dynaccel.kernels.testing import TOLERANCES, random_tensor
 from dynaccel.plugins.cache import kernels
+from dynaccel.plugins.cache import kernels_triton as kt  # the launch settings live beside the Triton kernels
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 CHECK_SHAPES = [(1, 7), (3, 1000), (4, 4099), (2, 5, 33, 17), (8, 77, 3072), (2, 1_000_003), (2, 4096, 2048)]
@@ -149,8 +150,8 @@ def sweep() -> None:
     print("\n## Launch-setting sweep (triton ms, 2x4096x2048)\n")
     print("| op | dtype | BLOCK | warps | programs/SM | ms |")
     print("| --- | --- | --- | --- | --- | --- |")
-    saved = (kernels._L1_BLOCK, kernels._L1_WARPS, kernels._L1_PROGRAMS_PER_SM, kernels._ADD_BLOCK,
-             kernels._ADD_WARPS)
+    saved = (kt._L1_BLOCK, kt._L1_WARPS, kt._L1_PROGRAMS_PER_SM, kt._ADD_BLOCK,
+             kt._ADD_WARPS)
     try:
         for dtype in (torch.float32, torch.bfloat16):
             a = random_tensor(TIME_SHAPES[-1], dtype, 1, device="cuda")
@@ -158,16 +159,16 @@ def sweep() -> None:
             for block in (1024, 2048, 4096):
                 for warps in (4, 8):
                     for per_sm in (2, 4, 8, 16):
-                        kernels._L1_BLOCK, kernels._L1_WARPS, kernels._L1_PROGRAMS_PER_SM = block, warps, per_sm
+                        kt._L1_BLOCK, kt._L1_WARPS, kt._L1_PROGRAMS_PER_SM = block, warps, per_sm
                         ms = time_ms(lambda: kernels.l1_sums(a, b, backend="triton"))
                         print(f"| l1_sums | {dtype_name(dtype)} | {block} | {warps} | {per_sm} | {ms:.4f} |")
-                    kernels._ADD_BLOCK, kernels._ADD_WARPS = block, warps
+                    kt._ADD_BLOCK, kt._ADD_WARPS = block, warps
                     ms = time_ms(lambda: kernels.residual_add(a, b, backend="triton"))
                     print(f"| residual_add | {dtype_name(dtype)} | {block} | {warps} | - | {ms:.4f} |")
             del a, b
     finally:
-        (kernels._L1_BLOCK, kernels._L1_WARPS, kernels._L1_PROGRAMS_PER_SM, kernels._ADD_BLOCK,
-         kernels._ADD_WARPS) = saved
+        (kt._L1_BLOCK, kt._L1_WARPS, kt._L1_PROGRAMS_PER_SM, kt._ADD_BLOCK,
+         kt._ADD_WARPS) = saved
 
 
 def main() -> int:

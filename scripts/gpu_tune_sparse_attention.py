@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dynaccel.plugins.sparse_attention import kernels
+from dynaccel.plugins.sparse_attention import kernels, kernels_triton
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu_bench_sparse_attention import flex_runner, random_block_mask, timed  # noqa: E402
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
     heads, dim, dtype = 12, 128, torch.bfloat16
-    default_warps, default_stages = kernels._warps, kernels._stages
+    default_warps, default_stages = kernels_triton._warps, kernels_triton._stages
     rows = []
     print(f"{'seq':>6} {'dens':>5} {'block':>5} {'warps':>5} {'stages':>6} {'ms':>8} {'dense ms':>9} {'vs dense':>8}")
     for s in [int(x) for x in args.seqs.split(",")]:
@@ -56,8 +56,8 @@ def main(argv=None) -> int:
                     for stages in (1, 2, 3, 4):
                         if 2 * bs * dim * 2 * stages > 200 * 1024:
                             continue
-                        kernels._warps = lambda b, d, w=warps: w
-                        kernels._stages = lambda b, d, e, st=stages: st
+                        kernels_triton._warps = lambda b, d, w=warps: w
+                        kernels_triton._stages = lambda b, d, e, st=stages: st
                         fn = lambda: kernels.block_sparse_attention(q, k, v, prepared, bs, backend="triton")  # noqa: E731
                         try:
                             out = fn()
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                         print(f"{s:6d} {density:5.2f} {bs:5d} {warps:5d} {stages:6d} {ms:8.3f} {dense_ms:9.3f} "
                               f"{dense_ms / ms:7.2f}x")
         del q, k, v
-    kernels._warps, kernels._stages = default_warps, default_stages
+    kernels_triton._warps, kernels_triton._stages = default_warps, default_stages
     best = {}
     for bs in {r["block"] for r in rows if "ms" in r}:
         # rank pairs by their summed time over the lengths at 10% density (the bar's point)

@@ -1,10 +1,12 @@
 """Shared machinery of the cache strategies: run and CFG-branch tracking, block skipping, residual reuse.
 
 A cache strategy is a *policy* (when to skip, what to measure) run by one :class:`CacheEngine` per model. The
-engine hooks the model through diffusers' ``HookRegistry`` (instance-level, removed exactly by ``remove()``):
+engine hooks the model through diffusers' ``HookRegistry`` (instance-level, under names unique to the engine,
+removed exactly by ``remove()``; see :mod:`dynaccel.plugins.engine`):
 
-- a model-level hook tracks the generation (a new run when the pipeline's scheduler starts new timesteps, at a
-  fresh ``step_index == 0``, or after ``handle.reset()``) and the CFG branch (the ``cache_context`` name diffusers
+- a model-level hook tracks the generation and the CFG branch with the shared
+  :class:`~dynaccel.plugins.engine.runs.RunTracker` (a new run when the pipeline's scheduler starts new timesteps,
+  at a fresh ``step_index == 0``, or after ``handle.reset()``; the branch is the ``cache_context`` name diffusers
   pipelines set: ``cond``, ``uncond`` or ``cond_uncond`` for batched CFG). Every branch keeps its own state.
   With two-pass CFG (``cfg_sync``, on by default) the branch that runs first at a step decides for the step: a
   later branch measures as usual, then takes the first one's decision (per block for per-block policies), so the
@@ -20,8 +22,8 @@ computed when any sample needs it); after a computed pass all samples' accumulat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -31,13 +33,14 @@ import torch
 from ...core.adapters import BLOCKS
 from ...core.config import StrategyConfig, option
 from ...core.errors import ConfigError, DynaccelError
-from ...core.strategy import Handle, RunProbe, Strategy
+from ...core.strategy import RunProbe, Strategy
+from ..engine import diffusers_hooks
+from ..engine.base import Engine, EngineHandle, apply_engine, hook_name
+from ..engine.runs import BranchRun, Run, RunTracker
 from . import kernels
 
 logger = logging.getLogger("dynaccel")
 
-RUN_HOOK = "dynaccel.cache.run"
-BLOCK_HOOK = "dynaccel.cache.block"
 
 
 @dataclass(frozen=True)
@@ -70,35 +73,24 @@ class CacheConfig(StrategyConfig):
 
 
 @dataclass
-class BranchState:
-    """State of one CFG branch within one generation."""
+class BranchState(BranchRun):
+    """State of one CFG branch within one generation (``data``: the policy's tensors and counters)."""
 
-    name: str
-    calls: int = 0
     computed: int = 0
     skipped: int = 0
     skipped_steps: list[int] = field(default_factory=list)
     blocks_computed: int = 0  # per-block policies: block calls computed / reused
     blocks_reused: int = 0
-    data: dict[str, Any] = field(default_factory=dict)  # the policy's tensors and counters
 
 
 @dataclass
-class RunState:
+class RunState(Run):
     """One generation: its token (from the run probe), step count and branches."""
 
-    token: object | None
-    num_steps: int | None
-    branches: dict[str, BranchState] = field(default_factory=dict)
-    finished: bool = False
+    branch_cls: type = field(default=BranchState, repr=False)
     #: cfg_sync: step (or (step, block)) -> (branch that decided first, its decision: reuse or not)
     decisions: dict[Any, tuple[str, bool]] = field(default_factory=dict)
     reused_per_block: list[int] = field(default_factory=list)  # per-block policies, all branches together
-
-    def branch(self, name: str) -> BranchState:
-        if name not in self.branches:
-            self.branches[name] = BranchState(name)
-        return self.branches[name]
 
 
 @dataclass
@@ -203,135 +195,97 @@ def _sample_of(out: Any) -> torch.Tensor:
     raise DynaccelError(f"cache: cannot read the sample of a model output of type {type(out).__name__}")
 
 
-@functools.lru_cache(maxsize=1)
-def _hook_classes():
-    try:
-        from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DynaccelError(
-            "the cache strategies hook models through diffusers; install it with: pip install 'dynaccel[diffusers]'"
-        ) from exc
-
-    class _NoState(BaseState):
-        def reset(self, *args, **kwargs) -> None:
-            pass
-
-    class RunHook(ModelHook):
-        """Model-level hook: receives the pipeline's cache context and runs the engine's pass logic."""
-
-        _is_stateful = True
-
-        def __init__(self, engine: "CacheEngine"):
-            super().__init__()
-            self.engine = engine
-            self.context = StateManager(_NoState)  # diffusers sets the cache context on StateManager attributes
-
-        def new_forward(self, module, *args, **kwargs):
-            return self.engine.model_forward(self.fn_ref.original_forward, self.context._context, args, kwargs)
-
-        def reset_state(self, module):
-            self.engine.finish_run()
-            return module
-
-    class BlockHook(ModelHook):
-        def __init__(self, engine: "CacheEngine", index: int):
-            super().__init__()
-            self.engine = engine
-            self.index = index
-
-        def new_forward(self, module, *args, **kwargs):
-            return self.engine.block_forward(self.index, self.fn_ref.original_forward, args, kwargs)
-
-    return HookRegistry, RunHook, BlockHook
-
-
-class CacheEngine:
+class CacheEngine(Engine):
     """Runs one policy on one model.
 
     ``model_forward`` and ``block_forward`` are the whole policy loop; ``install`` wires them to diffusers hooks.
-    Other runners (the ComfyUI nodes) call the same two methods from their own hook points and never install.
+    Other runners (the ComfyUI nodes) drive the passes themselves and never install: ``start_run(num_steps,
+    log=False)`` at the start of their sampling run, then ``model_forward`` / ``block_forward`` from their own hook
+    points (``in_pass`` says whether a model pass is in progress), ``finish_run()`` and ``stats()`` at its end.
     """
-
-    #: whether finish_run logs :meth:`summary` (a runner that logs its own line turns it off)
-    log_summary = True
 
     def __init__(self, model: torch.nn.Module, policy: CachePolicy, probe: RunProbe | None, strategy: str):
         self.model = model
         self.policy = policy
-        self.probe = probe
         self.strategy = strategy
         self.config: CacheConfig = policy.config
-        self.run: RunState | None = None
         self.current: Pass | None = None
-        self.manual_steps: int | None = None
         self.specs = policy.adapter.blocks() if policy.level in ("blocks", "per_block") else []
+        self.tracker: RunTracker[RunState] = RunTracker(
+            probe,
+            make_run=lambda token, n: RunState(token, n, reused_per_block=[0] * len(self.specs)),
+            on_start=policy.run_started,
+            on_finish=self._run_finished,
+        )
+        self.run_hook = hook_name("cache", "run")
+        self.block_hook = hook_name("cache", "block")
         self.installed = False
+        self._attached = False
+
+    @property
+    def run(self) -> RunState | None:
+        """The current (or last finished) generation."""
+        return self.tracker.run
+
+    @property
+    def in_pass(self) -> bool:
+        """True while a model pass runs (block calls outside a pass are plain compute)."""
+        return self.current is not None
 
     # ---- installation -------------------------------------------------------------------------------------------
     def install(self) -> None:
-        HookRegistry, RunHook, BlockHook = _hook_classes()
+        """Hook the model and its blocks. A failure part-way is undone by :func:`install_or_roll_back`."""
+        if self.specs:
+            self.policy.adapter.attach()
+            self._attached = True
         try:
-            if self.specs:
-                self.policy.adapter.attach()
-            HookRegistry.check_if_exists_or_initialize(self.model).register_hook(RunHook(self), RUN_HOOK)
+            diffusers_hooks.add_hook(self.model, diffusers_hooks.run_hook(self), self.run_hook)
             for i, spec in enumerate(self.specs):
-                HookRegistry.check_if_exists_or_initialize(spec.module).register_hook(BlockHook(self, i), BLOCK_HOOK)
-            self.installed = True
-        except BaseException:
-            self.uninstall()
-            raise
+                diffusers_hooks.add_hook(spec.module, diffusers_hooks.block_hook(self, i), self.block_hook)
         finally:
-            HookRegistry.check_if_exists_or_initialize(self.model).invalidate_child_registries_cache()
+            diffusers_hooks.refresh(self.model)
+        self.installed = True
 
     def uninstall(self) -> None:
-        HookRegistry, _, _ = _hook_classes()
-        registry = HookRegistry.check_if_exists_or_initialize(self.model)
-        registry.remove_hook(RUN_HOOK, recurse=False)
+        """Remove this engine's hooks (by their names: other engines' hooks stay) and detach the adapter."""
+        diffusers_hooks.remove_hook(self.model, self.run_hook)
         for spec in self.specs:
-            if hasattr(spec.module, "_diffusers_hook"):
-                spec.module._diffusers_hook.remove_hook(BLOCK_HOOK, recurse=False)
-        registry.invalidate_child_registries_cache()
-        if self.specs:
+            diffusers_hooks.remove_hook(spec.module, self.block_hook)
+        diffusers_hooks.refresh(self.model)
+        if self._attached:
             self.policy.adapter.detach()
-        self.run = None
+            self._attached = False
+        self.tracker.run = None
         self.installed = False
 
     # ---- runs ---------------------------------------------------------------------------------------------------
-    def reset(self, num_steps: int | None) -> None:
-        self.finish_run()
-        self.manual_steps = num_steps
-        self.run = None
+    def reset(self, num_steps: int | None = None) -> None:
+        """End the current generation; the next pass starts a new one (of ``num_steps`` steps when given)."""
+        self.tracker.start(num_steps)
 
     def finish_run(self) -> None:
-        if self.run is not None and not self.run.finished:
-            self.run.finished = True
-            self.policy.run_finished(self.run)
-            if self.log_summary and logger.isEnabledFor(logging.INFO):
-                logger.info(self.summary())
-            for b in self.run.branches.values():
-                b.data.clear()  # free cached tensors; keep the counts for stats
+        """End the current generation (diffusers calls it at the end of every pipeline call); stats stay readable."""
+        self.tracker.finish()
 
-    def _run_for(self, ctx: Any, branch: str) -> RunState:
-        token, n = self.probe() if self.probe is not None else (None, None)
-        ctx_steps = getattr(ctx, "num_inference_steps", None) if ctx is not None else None
-        if ctx_steps:
-            n = int(ctx_steps)
-        if n is None:
-            n = self.manual_steps
-        run = self.run
-        new = run is None or run.finished
-        if not new and token is not None and token is not run.token:
-            new = True
-        step0 = getattr(ctx, "step_index", None) == 0 if ctx is not None else False
-        if not new and step0 and branch in run.branches and run.branches[branch].calls > 0:
-            new = True
-        if new:
-            if run is not None:
-                self.finish_run()
-            run = RunState(token, n, reused_per_block=[0] * len(self.specs))
-            self.run = run
-            self.policy.run_started(run)
-        return run
+    def _run_finished(self, run: RunState) -> None:
+        self.policy.run_finished(run)
+        if self.log_summary and logger.isEnabledFor(logging.INFO):
+            logger.info(self.summary())
+        for b in run.branches.values():
+            b.data.clear()  # free cached tensors; keep the counts for stats
+
+    @contextlib.contextmanager
+    def record_signals(self):
+        """Policies with a ``recorder`` (TeaCache) append ``(kind, branch, step, value)`` per pass within the block."""
+        if not hasattr(self.policy, "recorder"):
+            yield []
+            return
+        records: list = []
+        self.policy.recorder = records
+        try:
+            yield records
+        finally:
+            self.policy.recorder = None
 
     def _forced(self, step: int, n: int | None) -> bool:
         if step == 0:
@@ -350,12 +304,9 @@ class CacheEngine:
 
     # ---- forwards -----------------------------------------------------------------------------------------------
     def model_forward(self, orig: Callable, ctx: Any, args: tuple, kwargs: dict) -> Any:
-        name = getattr(ctx, "name", None) or "default"
-        run = self._run_for(ctx, name)
-        b = run.branch(name)
-        ctx_step = getattr(ctx, "step_index", None) if ctx is not None else None
-        step = int(ctx_step) if ctx_step is not None else b.calls
-        b.calls += 1
+        name, ctx_step, ctx_steps, timestep = diffusers_hooks.context_fields(ctx)
+        call = self.tracker.observe(name, step=ctx_step, num_steps=ctx_steps, timestep=timestep)
+        run, b, step = call.run, call.branch, call.step
         p = Pass(b, step, run.num_steps, self._forced(step, run.num_steps))
         self.current = p
         try:
@@ -515,32 +466,13 @@ class CacheEngine:
         return f"{self.strategy}: computed {s['computed']}/{s['passes']} transformer passes ({parts}){speed}"
 
 
-class CacheHandle(Handle):
-    """Handle of a cache strategy on one model."""
-
-    def __init__(self, strategy: str, family: str, target: Any, config: CacheConfig, engine: CacheEngine):
-        super().__init__(strategy, family, target, config)
-        self.engine = engine
-
-    def _remove(self) -> None:
-        self.engine.uninstall()
-
-    def _reset(self, num_steps: int | None) -> None:
-        self.engine.reset(num_steps)
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        return self.engine.stats()
-
-    def summary(self) -> str:
-        return self.engine.summary()
+class CacheHandle(EngineHandle):
+    """Handle of a cache strategy on one model (the shared engine handle)."""
 
 
 def apply_policy(strategy_cls: Any, target: Any, config: CacheConfig, policy: CachePolicy, probe: RunProbe | None):
     """Install ``policy`` on ``target`` and return its handle (used by every cache strategy's ``apply``)."""
-    engine = CacheEngine(target, policy, probe, strategy_cls.name)
-    engine.install()
-    return CacheHandle(strategy_cls.name, strategy_cls.family, target, config, engine)
+    return apply_engine(strategy_cls, target, config, CacheEngine(target, policy, probe, strategy_cls.name), CacheHandle)
 
 
 class CacheStrategy(Strategy):

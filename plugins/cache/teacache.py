@@ -140,3 +140,9 @@ class TeaCache(CacheStrategy):
     summary = "accumulated, polynomially rescaled change of block 0's modulated input decides when to reuse"
     paper = "Liu et al., Timestep Embedding Tells: It's Time to Cache for Video Diffusion Model (arXiv 2411.19108)"
     needs_capabilities = frozenset({BLOCKS, MODULATED_INPUT})
+    fitted_option = "coefficients"
+
+    @classmethod
+    def signal_recording_config(cls):
+        """Calibration runs compute every pass (threshold 0) and take the change as it is (identity polynomial)."""
+        return {"threshold": 0.0, "coefficients": "0,0,0,1,0"}

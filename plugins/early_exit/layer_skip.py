@@ -19,7 +19,7 @@ import torch
 
 from ...core.config import StrategyConfig, option
 from ..token_pruning.base import TokenStrategy, check_keep_ratio
-from ..token_pruning.engine import Forward, Policy
+from ..engine.tokens import Forward, Policy
 
 
 @dataclass(frozen=True)

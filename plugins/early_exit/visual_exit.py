@@ -17,7 +17,7 @@ from typing import Any
 from ...core.adapters import DECODER_LAYERS, VISUAL_TOKENS
 from ...core.config import StrategyConfig, option
 from ..token_pruning.base import TokenStrategy, check_layer
-from ..token_pruning.engine import SAME, Forward, Policy, select_tokens
+from ..engine.tokens import SAME, Forward, Policy, select_tokens
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 A strategy is a *policy* that, for one attention call, returns the passes to run: each pass is a token order of the
 video tokens and a block mask over ``[video in that order] x [video in that order, text]`` (see :mod:`.masks`).
 The :class:`SparseAttentionEngine` installs the adapter's sparse processor on every self-attention module
-(``set_processor``; the originals are put back by ``remove()``), reads the video token grid and the denoising step
-from a forward pre-hook on the model, and runs the passes:
+(``set_processor``; the originals are put back by ``remove()``), reads the video token grid, the CFG branch and
+the denoising step in a model-level diffusers hook (the shared one of :mod:`dynaccel.plugins.engine`), and runs
+the passes:
 
 - text query rows (the prompt's own attention, a few hundred rows) run dense with ``scaled_dot_product_attention``;
 - video query rows run :func:`.kernels.block_sparse_attention` once per pass, on the reordered tokens; the outputs
@@ -18,9 +19,13 @@ from a forward pre-hook on the model, and runs the passes:
 When a policy says a call is dense (warm-up steps, a full mask, density 1), the processor calls the module's
 original processor before computing anything, so dense settings are bit-identical to the plain model.
 
-Steps: a new denoising step starts when the model's ``timestep`` argument changes (CFG branches of one step share
-it; one host read per model call); a new generation when the pipeline's scheduler starts new timesteps (the run
-probe), when the timestep goes up, or after ``handle.reset()``.
+Runs, steps and CFG branches follow the shared :class:`~dynaccel.plugins.engine.runs.RunTracker`: the branch is the
+pipeline's cache-context name (``cond`` / ``uncond``; ``default`` for a bare model) and each branch counts its own
+steps and keeps its own policy state (``policy.state``: e.g. PASA's trajectory); the step is the context's step
+index, else it advances when the model's ``timestep`` argument changes (one host read per model call); a new
+generation starts when the pipeline's scheduler starts new timesteps (the run probe), at the end of a pipeline
+call, when a branch's step index restarts at 0 or (without step indices) its timestep goes up, or after
+``handle.reset()``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ import torch
 from ...core.adapters import SELF_ATTENTION
 from ...core.config import StrategyConfig, option
 from ...core.errors import ConfigError, DynaccelError
-from ...core.strategy import Handle, RunProbe, Strategy
+from ...core.strategy import RunProbe, Strategy
+from ..engine import diffusers_hooks
+from ..engine.base import Engine, EngineHandle, apply_engine, hook_name
+from ..engine.runs import Run, RunTracker
 from . import kernels
 from .masks import MaskPlan
 
@@ -102,6 +110,9 @@ class SparsePolicy:
     def __init__(self, config: SparseAttentionConfig):
         self.config = config
         self._plans: dict[tuple, MaskPlan] = {}
+        #: the state of the CFG branch whose model call is in progress (a dict kept per branch and generation by
+        #: the engine; policies that follow a trajectory keep it here)
+        self.state: dict[str, Any] = {}
 
     def plan(self, key: tuple, make) -> MaskPlan:
         if key not in self._plans:
@@ -116,7 +127,8 @@ class SparsePolicy:
         raise NotImplementedError
 
     def step_started(self, step: int, latent: torch.Tensor) -> None:
-        """A new denoising step: ``latent`` is the model's hidden_states input of its first call."""
+        """A new denoising step of the current branch (``self.state``): ``latent`` is the model's hidden_states
+        input."""
 
     def run_started(self) -> None:
         """A new generation."""
@@ -138,25 +150,23 @@ class _Stats:
     per_step_density: dict[int, list[float]] = field(default_factory=dict)
 
 
-class SparseAttentionEngine:
+class SparseAttentionEngine(Engine):
     """Runs one policy on one model (the router the adapter's processors call)."""
 
     def __init__(self, model, adapter, policy: SparsePolicy, probe: RunProbe | None, strategy: str):
         self.model = model
         self.adapter = adapter
         self.policy = policy
-        self.probe = probe
         self.strategy = strategy
         self.config = policy.config
         self.modules = list(adapter.self_attention_modules())
         self.originals: list[Any] = []
-        self.hook = None
+        self.run_hook = hook_name("sparse_attention", "run")
         self.grid: tuple[int, int, int] | None = None
         self.step = 0
-        self._token: object | None = None
-        self._last_t: float | None = None
-        self._fresh = True
-        self.stats = _Stats()
+        self._calls_in_progress = 0
+        self.tracker: RunTracker[Run] = RunTracker(probe, on_start=self._run_started)
+        self.counts = _Stats()
         #: (mean density, mean work) of each earlier generation since apply, oldest first (at most _MAX_RUNS)
         self.past_runs: list[tuple[float, float]] = []
         self._prepared: dict[Any, kernels.BlockIndex] = {}
@@ -169,61 +179,65 @@ class SparseAttentionEngine:
             raise DynaccelError(f"{self.strategy}: the adapter {self.adapter.name!r} found no self-attention modules")
         procs = [
             self.adapter.sparse_attention_processor(m, m.processor, self, i) for i, m in enumerate(self.modules)
-        ]  # built before anything changes: a failure leaves the model untouched
+        ]  # built before anything changes
         for m, p in zip(self.modules, procs):
             self.originals.append(m.processor)
             m.set_processor(p)
-        self.hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        diffusers_hooks.add_hook(self.model, diffusers_hooks.run_hook(self), self.run_hook)
 
     def uninstall(self) -> None:
+        """Put the original processors back and remove this engine's hook; safe after a partial install."""
         for m, orig in zip(self.modules, self.originals):
             m.set_processor(orig)
         self.originals.clear()
-        if self.hook is not None:
-            self.hook.remove()
-            self.hook = None
+        diffusers_hooks.remove_hook(self.model, self.run_hook)
 
-    def reset(self) -> None:
-        self._fresh = True
-        self._last_t = None
+    def reset(self, num_steps: int | None = None) -> None:
+        """The next model call starts a new generation."""
+        self.tracker.start(num_steps)
+
+    def finish_run(self) -> None:
+        """End the generation (diffusers calls it at the end of every pipeline call)."""
+        self.tracker.finish()
 
     # ---- steps ------------------------------------------------------------------------------------------------
-    def _pre_forward(self, module, args, kwargs):
+    def _run_started(self, run: Run) -> None:
+        if self.counts.sparse_calls + self.counts.dense_calls:  # keep the finished generation's means
+            done = self._means(self.counts)
+            self.past_runs = (self.past_runs + [done])[-_MAX_RUNS:]
+        self.counts = _Stats()
+        self.policy.run_started()
+
+    def model_forward(self, orig, ctx, args: tuple, kwargs: dict):
         self.grid = tuple(int(g) for g in self.adapter.token_grid(args, kwargs))
-        t = kwargs.get("timestep")
-        if t is None and self._timestep_pos is not None and self._timestep_pos < len(args):
-            t = args[self._timestep_pos]
-        t_val = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else (float(t) if t is not None else None)
-        token = self.probe()[0] if self.probe is not None else None
-        new_run = self._fresh or (token is not None and token is not self._token)
-        if not new_run and t_val is not None and self._last_t is not None and t_val > self._last_t:
-            new_run = True
-        if new_run:
-            self._fresh = False
-            self._token = token
-            self.step = 0
-            if self.stats.sparse_calls + self.stats.dense_calls:  # keep the finished generation's means
-                done = self._means(self.stats)
-                self.past_runs = (self.past_runs + [done])[-_MAX_RUNS:]
-            self.stats = _Stats()
-            self.policy.run_started()
-            changed = True
-        else:
-            changed = t_val is None or t_val != self._last_t
-            if changed:
-                self.step += 1
-        self._last_t = t_val
-        if changed:
-            self.stats.steps = self.step + 1
+        branch, step, num_steps, t_val = diffusers_hooks.context_fields(ctx)
+        if step is None and t_val is None:
+            t = kwargs.get("timestep")
+            if t is None and self._timestep_pos is not None and self._timestep_pos < len(args):
+                t = args[self._timestep_pos]
+            t_val = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else (float(t) if t is not None else None)
+        call = self.tracker.observe(branch, step=step, num_steps=num_steps, timestep=t_val)
+        self.step = call.step
+        self.policy.state = call.branch.data
+        if call.new_step:
+            self.counts.steps = max(self.counts.steps, call.step + 1)
             hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            self.policy.step_started(self.step, hs)
-        return None
+            self.policy.step_started(call.step, hs)
+        self._calls_in_progress += 1
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            self._calls_in_progress -= 1
+
+    @property
+    def in_pass(self) -> bool:
+        return self._calls_in_progress > 0
 
     # ---- router protocol --------------------------------------------------------------------------------------
     def sparse_now(self) -> bool:
         if self.grid is None or self.step < self.config.dense_steps or self.policy.full(self.grid, self.step):
-            self.stats.dense_calls += 1
-            self.stats.per_step_density.setdefault(self.step, []).append(1.0)
+            self.counts.dense_calls += 1
+            self.counts.per_step_density.setdefault(self.step, []).append(1.0)
             return False
         return True
 
@@ -261,11 +275,11 @@ class SparseAttentionEngine:
             nkv = nv // p.plan.block_size  # key blocks holding video only
             density = density + (p.block_mask[..., :nkv].float().mean() if nkv else 1.0)
         out[:, :nv] = video
-        self.stats.sparse_calls += 1
-        self.stats.density_sum += density
+        self.counts.sparse_calls += 1
+        self.counts.density_sum += density
         if self.config.remainder == "pooled":  # one pooled key row per skipped block of block_size keys
-            self.stats.pooled_sum += (1.0 - density) / self.config.block_size
-        self.stats.per_step_density.setdefault(self.step, []).append(density)
+            self.counts.pooled_sum += (1.0 - density) / self.config.block_size
+        self.counts.per_step_density.setdefault(self.step, []).append(density)
         if text_first:
             out = torch.cat([out[:, nv:], out[:, :nv]], dim=1)
         return out
@@ -312,8 +326,8 @@ class SparseAttentionEngine:
         work = (float(st.density_sum) + float(st.pooled_sum) + st.dense_calls) / calls
         return mean, work
 
-    def summary_stats(self) -> dict[str, Any]:
-        st = self.stats
+    def stats(self) -> dict[str, Any]:
+        st = self.counts
         calls = st.sparse_calls + st.dense_calls
         mean, work = self._means(st) if calls else (None, None)
         runs = self.past_runs + ([(mean, work)] if calls else [])
@@ -335,30 +349,18 @@ class SparseAttentionEngine:
             **self.policy.extra_stats(),
         }
 
-
-class SparseAttentionHandle(Handle):
-    def __init__(self, strategy, family, target, config, engine: SparseAttentionEngine):
-        super().__init__(strategy, family, target, config)
-        self.engine = engine
-
-    def _remove(self) -> None:
-        self.engine.uninstall()
-
-    def _reset(self, num_steps: int | None) -> None:
-        self.engine.reset()
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        return self.engine.summary_stats()
-
     def summary(self) -> str:
-        s = self.stats
+        s = self.stats()
         if not s["attention_calls"]:
             return f"{self.strategy}: no attention call yet"
         return (
             f"{self.strategy}: {s['sparse_calls']}/{s['attention_calls']} attention calls sparse, mean density "
             f"{s['mean_density']:.2f} over {s['steps']} steps"
         )
+
+
+class SparseAttentionHandle(EngineHandle):
+    """Handle of a sparse-attention strategy on one model (the shared engine handle)."""
 
 
 class SparseAttentionStrategy(Strategy):
@@ -371,9 +373,4 @@ class SparseAttentionStrategy(Strategy):
 
     def apply(self, target, config, adapter, run_probe):
         engine = SparseAttentionEngine(target, adapter, self.Policy(config), run_probe, self.name)
-        try:
-            engine.install()
-        except BaseException:
-            engine.uninstall()
-            raise
-        return SparseAttentionHandle(self.name, self.family, target, config, engine)
+        return apply_engine(self, target, config, engine, SparseAttentionHandle)

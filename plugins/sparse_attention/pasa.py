@@ -58,25 +58,29 @@ class PASAConfig(SparseAttentionConfig):
 
 
 class _PASAPolicy(SparsePolicy):
+    """The trajectory (last three latents) and the budget are kept per CFG branch, in ``self.state``."""
+
     def __init__(self, config):
         super().__init__(config)
         self.run_started()
 
     def run_started(self):
-        self.latents: list[torch.Tensor] = []
-        self.budget = max(self.config.density, self.config.max_density)
         self.budgets: dict[int, float] = {}
+
+    @property
+    def budget(self) -> float:
+        return self.state.get("budget", max(self.config.density, self.config.max_density))
 
     def step_started(self, step, latent):
         c = self.config
-        self.latents = (self.latents + [latent.detach().float()])[-3:]
-        if len(self.latents) < 3 or self.latents[0].shape != latent.shape:
-            self.budget = max(c.density, c.max_density)
+        latents = self.state["latents"] = (self.state.get("latents", []) + [latent.detach().float()])[-3:]
+        if len(latents) < 3 or latents[0].shape != latent.shape:
+            budget = max(c.density, c.max_density)
         else:
-            a, b, x = self.latents
+            a, b, x = latents
             curv = float((x - 2 * b + a).norm() / ((b - a).norm() + 1e-12))
-            self.budget = max(c.density, min(c.max_density, c.density * (1.0 + c.gain * curv)))
-        self.budgets[step] = self.budget
+            budget = max(c.density, min(c.max_density, c.density * (1.0 + c.gain * curv)))
+        self.state["budget"] = self.budgets[step] = budget
 
     def full(self, grid, step):
         return self.budget >= 1.0

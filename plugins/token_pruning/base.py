@@ -1,4 +1,5 @@
-"""What every token strategy shares: config checks that need the model, the engine, the handle."""
+"""What every token strategy shares: config checks that need the model, the handle; the engine is
+:mod:`dynaccel.plugins.engine.tokens`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 from ...core.adapters import DECODER_LAYERS
 from ...core.errors import ConfigError, UnsupportedModelError
 from ...core.strategy import Handle, Strategy
-from .engine import Policy, TokenEngine, check_attention
+from ..engine.base import EngineHandle, apply_engine
+from ..engine.tokens import Policy, TokenEngine, check_attention
 
 
 def check_keep_ratio(value: float) -> None:
@@ -35,37 +37,8 @@ def check_transformers(strategy: str) -> None:
         )
 
 
-class TokenHandle(Handle):
-    def __init__(self, strategy: str, family: str, target: Any, config: Any, engine: TokenEngine):
-        super().__init__(strategy, family, target, config)
-        self.engine = engine
-
-    def _remove(self) -> None:
-        self.engine.remove()
-
-    def _reset(self, num_steps: int | None) -> None:
-        self.engine.reset_stats()
-        self.engine.policy.reset()
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        s = dict(self.engine.stats)
-        s.update(getattr(self.engine.policy, "stats", {}))
-        return s
-
-    def summary(self) -> str:
-        s = self.stats
-        parts = [f"{self.strategy}:"]
-        if s["prefill_token_layers_full"]:
-            parts.append(
-                f"prefill computed {s['prefill_token_layers']}/{s['prefill_token_layers_full']} token-layers "
-                f"({s['prefill_tokens']} tokens x {s['layers']} layers)"
-            )
-        if s["decode_token_layers_full"]:
-            parts.append(f"decode {s['decode_token_layers']}/{s['decode_token_layers_full']} token-layers over {s['decode_steps']} steps")
-        if s["kv_entries_full"]:
-            parts.append(f"KV cache {s['kv_entries']}/{s['kv_entries_full']} entries")
-        return " ".join(parts)
+class TokenHandle(EngineHandle):
+    """Handle of a token strategy on one model (the shared engine handle)."""
 
 
 class TokenStrategy(Strategy):
@@ -85,6 +58,4 @@ class TokenStrategy(Strategy):
             check_attention(self.name, adapter.text_config())
         if policy.vision_modules(adapter):
             check_attention(self.name, adapter.vision_config())
-        engine = TokenEngine(adapter, policy)
-        engine.install()
-        return TokenHandle(self.name, self.family, target, config, engine)
+        return apply_engine(self, target, config, TokenEngine(adapter, policy, self.name), TokenHandle)

@@ -28,7 +28,7 @@ from ...core.adapters import DECODER_LAYERS, VISUAL_FRAMES, VISUAL_TOKENS
 from ...core.config import StrategyConfig, option
 from ...core.errors import ConfigError
 from .base import TokenStrategy, check_keep_ratio, check_layer
-from .engine import SAME, Forward, Policy
+from ..engine.tokens import SAME, Forward, Policy
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ...core.config import StrategyConfig, option
 from .base import TokenStrategy, check_keep_ratio, check_layer
-from .engine import SAME, Forward, Policy, select_tokens, text_candidates
+from ..engine.tokens import SAME, Forward, Policy, select_tokens, text_candidates
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 
 from ...core.config import StrategyConfig, option
 from .base import TokenStrategy, check_keep_ratio, check_layer
-from .engine import SAME, Forward, Policy, select_tokens, text_candidates
+from ..engine.tokens import SAME, Forward, Policy, select_tokens, text_candidates
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 from ...core.adapters import DECODER_LAYERS, VISION_SCORES, VISUAL_TOKENS
 from ...core.config import StrategyConfig, option
 from .base import TokenStrategy, check_keep_ratio
-from .engine import SAME, Forward, Policy
+from ..engine.tokens import SAME, Forward, Policy
 from .kernels import query_rows_attention
 
 

@@ -5,7 +5,7 @@ kept 94: the memo key held only ``id(idx)`` of an earlier, freed token subset, a
 
 import torch
 
-from dynaccel.plugins.token_pruning.engine import Memo
+from dynaccel.plugins.engine.tokens import Memo
 
 
 def test_keys_of_freed_tensors_are_never_reused_while_the_memo_lives():

@@ -17,7 +17,7 @@ leave the sequence, a skipped layer computes no token at all). The engine implem
 - for policies that rank tokens by attention, an attention function registered through transformers'
   ``AttentionInterface`` (with the matching ``AttentionMaskInterface`` entry) wraps the model's own SDPA or eager
   attention and, in the layers that need it, computes only the query rows needed (the last token's attention,
-  :func:`~dynaccel.plugins.token_pruning.kernels.query_rows_attention`), never the full map.
+  :func:`~dynaccel.plugins.engine.token_kernels.query_rows_attention`), never the full map.
 
 Nothing of transformers is replaced; removing the engine removes the hooks, restores the attention implementation
 name, and leaves a model that computes exactly what it computed before.
@@ -33,7 +33,8 @@ from typing import Any, Callable
 import torch
 
 from ...core.errors import UnsupportedModelError
-from .kernels import query_rows_attention
+from .base import Engine
+from .token_kernels import query_rows_attention
 
 _PREFIX = "dynaccel_"
 _SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -286,10 +287,11 @@ class Policy:
         pass
 
 
-class TokenEngine:
-    """Installs a :class:`Policy` on a transformers model through its adapter; :meth:`remove` undoes it."""
+class TokenEngine(Engine):
+    """Installs a :class:`Policy` on a transformers model through its adapter; :meth:`uninstall` undoes it."""
 
-    def __init__(self, adapter: Any, policy: Policy):
+    def __init__(self, adapter: Any, policy: Policy, strategy: str = ""):
+        self.strategy = strategy
         self.adapter = adapter
         self.policy = policy
         self.layers = adapter.decoder_layers()
@@ -302,8 +304,8 @@ class TokenEngine:
         self._swapped_configs: list[tuple[Any, Any]] = []
         self._vision_ids: set[int] = set()
         self._orig_vision_attention: Callable | None = None
-        self.stats: dict[str, Any] = {}
-        self.reset_stats()
+        self.counts: dict[str, Any] = {}
+        self._reset_counts()
 
     # -------------------------------------------------------------------------------------------------- install
 
@@ -348,7 +350,8 @@ class TokenEngine:
         config._attn_implementation = name
         return fn
 
-    def remove(self) -> None:
+    def uninstall(self) -> None:
+        """Remove the hooks, give back the attention implementation names; safe after a partial install."""
         self._restore_layers()
         for h in self._handles:
             h.remove()
@@ -361,8 +364,32 @@ class TokenEngine:
         self._swapped_configs = []
         self.fwd = None
 
-    def reset_stats(self) -> None:
-        self.stats = {
+    def reset(self, num_steps: int | None = None) -> None:
+        """Clear the counters and the policy's per-generation state (``num_steps`` is not used by token policies)."""
+        self._reset_counts()
+        self.policy.reset()
+
+    def stats(self) -> dict[str, Any]:
+        s = dict(self.counts)
+        s.update(getattr(self.policy, "stats", {}))
+        return s
+
+    def summary(self) -> str:
+        s = self.stats()
+        parts = [f"{self.strategy}:"]
+        if s["prefill_token_layers_full"]:
+            parts.append(
+                f"prefill computed {s['prefill_token_layers']}/{s['prefill_token_layers_full']} token-layers "
+                f"({s['prefill_tokens']} tokens x {s['layers']} layers)"
+            )
+        if s["decode_token_layers_full"]:
+            parts.append(f"decode {s['decode_token_layers']}/{s['decode_token_layers_full']} token-layers over {s['decode_steps']} steps")
+        if s["kv_entries_full"]:
+            parts.append(f"KV cache {s['kv_entries']}/{s['kv_entries_full']} entries")
+        return " ".join(parts)
+
+    def _reset_counts(self) -> None:
+        self.counts = {
             "layers": self.num_layers,
             "prefill_tokens": 0,
             "prefill_computed_per_layer": [],
@@ -561,7 +588,7 @@ class TokenEngine:
         return (full,) + tuple(output[1:]) if isinstance(output, tuple) else full
 
     def _account(self, fwd: Forward) -> None:
-        s = self.stats
+        s = self.counts
         if fwd.first:
             s["prefill_tokens"] = fwd.length
             s["prefill_computed_per_layer"] = list(fwd.computed)
