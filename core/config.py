@@ -43,9 +43,6 @@ from .errors import ConfigError
 _TYPES = {"float": float, "int": int, "bool": bool, "str": str}
 #: the control step of a float field that declares none and has no finite range (ComfyUI's widgets need one)
 DEFAULT_FLOAT_STEP = 0.001
-#: the field a config that declares no knob is searched on (the cache strategies' name for it, kept for configs
-#: written before knobs were declared; new configs declare ``knob=True``)
-LEGACY_KNOB = "threshold"
 
 
 def option(
@@ -180,10 +177,8 @@ class StrategyConfig:
             raise TypeError(f"config {cls.__name__} declares more than one quality knob: {knobs + [cls.quality_knob]}")
         if cls.quality_knob is not None and cls.quality_knob not in {s.name for s in specs}:
             raise TypeError(f"config {cls.__name__}: quality_knob {cls.quality_knob!r} is not one of its fields")
-        # the knob's spec says so, however it was declared (``knob=True``, ``quality_knob``, or the legacy name)
+        # the knob's spec says so, however it was declared (``knob=True`` or ``quality_knob``); none is assumed
         knob = knobs[0] if knobs else cls.quality_knob
-        if knob is None:
-            knob = next((s.name for s in specs if s.name == LEGACY_KNOB and s.type == "float"), None)
         return [dataclasses.replace(s, knob=True) if s.name == knob else s for s in specs]
 
     @classmethod
@@ -196,8 +191,8 @@ class StrategyConfig:
 
     @classmethod
     def quality_knob_field(cls) -> FieldSpec | None:
-        """The speed/quality knob: the field declared ``knob=True`` or named by ``quality_knob``; for a config that
-        declares neither, a bounded float field named ``threshold`` (:data:`LEGACY_KNOB`); else None."""
+        """The speed/quality knob: the field declared ``knob=True`` or named by ``quality_knob``; None when the config
+        declares neither (nothing is assumed from a field's name)."""
         return next((s for s in cls.fields_info() if s.knob), None)
 
     @classmethod

@@ -47,6 +47,8 @@ logger = logging.getLogger("dynaccel")
 class CacheConfig(StrategyConfig):
     """Options every cache strategy has. Subclasses redeclare ``threshold`` with their own default and range."""
 
+    quality_knob: ClassVar[str] = "threshold"  # what calibrate searches and the demo sweeps
+
     threshold: float = option(0.1, doc="skip while the estimated change stays below this; 0 never skips", min=0.0, max=10.0)
     start: float = option(
         0.0, doc="fraction of the steps at the start that are always computed", min=0.0, max=1.0, step=0.01

@@ -18,17 +18,14 @@ from typing import Any
 import torch
 
 from ...core.config import StrategyConfig, option
-from ..token_pruning.base import TokenStrategy, check_keep_ratio
+from ..token_pruning.base import TokenStrategy
 from ..engine.tokens import Forward, Policy
 
 
 @dataclass(frozen=True)
 class LayerSkipConfig(StrategyConfig):
-    keep_ratio: float = option(0.75, doc="fraction of the decoder layers computed in decode steps (1.0 keeps all)", min=0.0, max=1.0, step=0.05)
+    keep_ratio: float = option(0.75, doc="fraction of the decoder layers computed in decode steps (1.0 keeps all)", min=0.0, min_exclusive=True, max=1.0, step=0.05)
     min_similarity: float = option(0.0, doc="only layers whose input/output cosine similarity reaches this may be skipped", min=-1.0, max=1.0, step=0.01)
-
-    def validate(self) -> None:
-        check_keep_ratio(self.keep_ratio)
 
 
 class LayerSkipPolicy(Policy):

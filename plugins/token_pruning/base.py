@@ -12,11 +12,6 @@ from ..engine.base import EngineHandle, apply_engine
 from ..engine.tokens import Policy, TokenEngine, check_attention
 
 
-def check_keep_ratio(value: float) -> None:
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(f"option 'keep_ratio': got {value!r} (outside the range); accepted: float with 0 < keep_ratio <= 1")
-
-
 def check_layer(strategy: str, name: str, value: int, low: int, high: int, num_layers: int) -> None:
     if not low <= value <= high:
         raise ConfigError(

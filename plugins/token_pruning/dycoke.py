@@ -27,21 +27,16 @@ import torch
 from ...core.adapters import DECODER_LAYERS, VISUAL_FRAMES, VISUAL_TOKENS
 from ...core.config import StrategyConfig, option
 from ...core.errors import ConfigError
-from .base import TokenStrategy, check_keep_ratio, check_layer
+from .base import TokenStrategy, check_layer
 from ..engine.tokens import SAME, Forward, Policy
 
 
 @dataclass(frozen=True)
 class DyCokeConfig(StrategyConfig):
-    keep_ratio: float = option(0.7, doc="temporal merging: fraction of each later frame's tokens kept in a window (1.0 keeps all)", min=0.0, max=1.0, step=0.05)
+    keep_ratio: float = option(0.7, doc="temporal merging: fraction of each later frame's tokens kept in a window (1.0 keeps all)", min=0.0, min_exclusive=True, max=1.0, step=0.05)
     window: int = option(4, doc="frames per temporal-merging window", min=2, max=64)
     kv_layer: int = option(3, doc="decode-time KV pruning applies from this layer on (ranked by the layer before)", min=1, max=1000)
-    kv_keep_ratio: float = option(0.5, doc="decode-time: fraction of the cached visual entries attended to (1.0: off)", min=0.0, max=1.0, step=0.05)
-
-    def validate(self) -> None:
-        check_keep_ratio(self.keep_ratio)
-        if not 0.0 < self.kv_keep_ratio <= 1.0:
-            raise ConfigError(f"option 'kv_keep_ratio': got {self.kv_keep_ratio!r} (outside the range); accepted: float with 0 < kv_keep_ratio <= 1")
+    kv_keep_ratio: float = option(0.5, doc="decode-time: fraction of the cached visual entries attended to (1.0: off)", min=0.0, min_exclusive=True, max=1.0, step=0.05)
 
 
 class DyCokePolicy(Policy):

@@ -13,18 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...core.config import StrategyConfig, option
-from .base import TokenStrategy, check_keep_ratio, check_layer
+from .base import TokenStrategy, check_layer
 from ..engine.tokens import SAME, Forward, Policy, select_tokens, text_candidates
 
 
 @dataclass(frozen=True)
 class FastVConfig(StrategyConfig):
     layer: int = option(2, doc="prune after this many decoder layers (K; layer K-1's attention ranks the tokens)", min=1, max=1000)
-    keep_ratio: float = option(0.5, doc="fraction of the prunable tokens kept (1.0 keeps everything)", min=0.0, max=1.0, step=0.05)
+    keep_ratio: float = option(0.5, doc="fraction of the prunable tokens kept (1.0 keeps everything)", min=0.0, min_exclusive=True, max=1.0, step=0.05)
     recent: int = option(8, doc="text-only models: the last tokens of the prompt that are never pruned", min=1, max=100000)
-
-    def validate(self) -> None:
-        check_keep_ratio(self.keep_ratio)
 
 
 class FastVPolicy(Policy):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ...core.config import StrategyConfig, option
-from .base import TokenStrategy, check_keep_ratio, check_layer
+from .base import TokenStrategy, check_layer
 from ..engine.tokens import SAME, Forward, Policy, select_tokens, text_candidates
 
 
@@ -24,12 +24,9 @@ from ..engine.tokens import SAME, Forward, Policy, select_tokens, text_candidate
 class SlimInferConfig(StrategyConfig):
     layer: int = option(4, doc="first decoder layer that computes fewer tokens", min=1, max=1000)
     interval: int = option(4, doc="layers between pruning steps", min=1, max=1000)
-    keep_ratio: float = option(0.7, doc="fraction of the prunable tokens kept at each step (1.0 keeps everything)", min=0.0, max=1.0, step=0.05)
+    keep_ratio: float = option(0.7, doc="fraction of the prunable tokens kept at each step (1.0 keeps everything)", min=0.0, min_exclusive=True, max=1.0, step=0.05)
     block_size: int = option(16, doc="tokens per block (blocks are ranked and dropped together)", min=1, max=4096)
     recent: int = option(8, doc="the last tokens of the prompt that are never pruned", min=1, max=100000)
-
-    def validate(self) -> None:
-        check_keep_ratio(self.keep_ratio)
 
 
 class SlimInferPolicy(Policy):

@@ -23,18 +23,15 @@ import torch
 
 from ...core.adapters import DECODER_LAYERS, VISION_SCORES, VISUAL_TOKENS
 from ...core.config import StrategyConfig, option
-from .base import TokenStrategy, check_keep_ratio
+from .base import TokenStrategy
 from ..engine.tokens import SAME, Forward, Policy
 from .kernels import query_rows_attention
 
 
 @dataclass(frozen=True)
 class VisionZipConfig(StrategyConfig):
-    keep_ratio: float = option(0.25, doc="fraction of the visual tokens the LLM sees (1.0 keeps everything)", min=0.0, max=1.0, step=0.05)
+    keep_ratio: float = option(0.25, doc="fraction of the visual tokens the LLM sees (1.0 keeps everything)", min=0.0, min_exclusive=True, max=1.0, step=0.05)
     contextual: float = option(0.15, doc="share of the kept visual tokens that are merged contextual tokens", min=0.0, max=0.9, step=0.05)
-
-    def validate(self) -> None:
-        check_keep_ratio(self.keep_ratio)
 
 
 class VisionZipPolicy(Policy):

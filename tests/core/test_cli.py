@@ -68,3 +68,14 @@ def test_quickstart_prints_a_row_per_strategy(capsys):
     out = run(capsys, "quickstart", "--steps", "6", "--repeats", "1").out
     rows = {ln.split()[0] for ln in out.splitlines()[4:] if ln.strip()}
     assert {"full", "teacache", "fbcache", "easycache", "magcache"} <= rows
+
+
+def test_strategy_detail_shows_an_exclusive_bound_as_such(capsys):
+    # fastv's keep_ratio accepts (0, 1]: 0 would keep nothing
+    line = next(ln for ln in run(capsys, "strategies", "fastv").out.splitlines() if ln.startswith("keep_ratio"))
+    assert line.split()[3:5] == ["(0.0,", "1.0]"]
+    from dynaccel.core.errors import ConfigError
+    from dynaccel.core.registry import get_registry
+
+    with pytest.raises(ConfigError, match="exclusive minimum"):
+        get_registry().strategy("fastv").Config.from_kwargs("fastv", keep_ratio=0.0)

@@ -12,13 +12,7 @@ from dynaccel.core.registry import get_registry
 
 _REG = get_registry()
 _FIELDS = [(name, spec) for name in sorted(_REG.strategies) for spec in _REG.strategy(name).Config.fields_info()]
-#: declarations that still disagree with their strategy's own check: the keep ratios refuse 0 in ``validate()`` but
-#: declare an inclusive ``min=0.0``. The fix is in plugins/ (declare ``min_exclusive=True``, drop the hand-written
-#: check); strict xfail: this list must shrink as soon as they are declared
-_PENDING = {("dycoke", "keep_ratio"), ("dycoke", "kv_keep_ratio"), ("fastv", "keep_ratio"),
-            ("layer_skip", "keep_ratio"), ("sliminfer", "keep_ratio"), ("visionzip", "keep_ratio")}
-_CASES = [pytest.param(s, f, id=f"{s}-{f.name}", marks=[pytest.mark.xfail(strict=True, reason="plugins/ declaration pending")]
-                       if (s, f.name) in _PENDING else []) for s, f in _FIELDS]
+_CASES = [pytest.param(s, f, id=f"{s}-{f.name}") for s, f in _FIELDS]
 
 
 def _accepted(cls: type[StrategyConfig], name: str, value) -> bool:
