@@ -1,6 +1,6 @@
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernels are imported: Triton kernels run on the CPU
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton or the kernels are imported: Triton kernels run on the CPU
 
 import importlib.util  # noqa: E402
 import sys  # noqa: E402
