@@ -57,39 +57,23 @@ class Registry:
                 commit(name)
 
     def _collect(self) -> None:
+        def strategy_problem(plugin: str, cls: Any) -> str | None:
+            missing = [a for a in ("name", "family", "Config") if not hasattr(cls, a)]
+            if missing:
+                return f"{self._who(plugin)}: strategy {cls!r} lacks {missing[0]!r}; skipped"
+            try:
+                cls.Config.fields_info()  # validates the schema
+            except Exception as exc:
+                return f"{self._who(plugin)}: strategy {cls.name!r} has an invalid Config ({exc}); skipped"
+            return None
+
+        def preset_problem(plugin: str, preset: Any) -> str | None:
+            return None if isinstance(preset, Preset) else f"{self._who(plugin)}: {preset!r} is not a Preset; skipped"
+
+        self._collect_named("register_strategies", "strategy", strategy_problem, self.strategies,
+                            self._strategy_owner, "strategies", "strategy names must be unique")
+
         staged: dict[str, list[Any]] = {}
-
-        def strategy_register(plugin: str) -> dict[str, Any]:
-            staged[plugin] = []
-
-            def register(cls: type[Strategy]) -> None:
-                missing = [a for a in ("name", "family", "Config") if not hasattr(cls, a)]
-                if missing:
-                    warn(f"{self._who(plugin)}: strategy {cls!r} lacks {missing[0]!r}; skipped")
-                    return
-                try:
-                    cls.Config.fields_info()  # validates the schema
-                except Exception as exc:
-                    warn(f"{self._who(plugin)}: strategy {cls.name!r} has an invalid Config ({exc}); skipped")
-                    return
-                owner = self._strategy_owner.get(cls.name) or (
-                    plugin if any(c.name == cls.name for c in staged[plugin]) else None)
-                if owner is not None:
-                    warn(f"strategy {cls.name!r} of {self._who(plugin)} skipped: the name is already registered by "
-                         f"{self._who(owner)}; strategy names must be unique")
-                    return
-                staged[plugin].append(cls)
-
-            return {"register": register}
-
-        def strategy_commit(plugin: str) -> None:
-            for cls in staged.pop(plugin):
-                self.strategies[cls.name] = cls
-                self._strategy_owner[cls.name] = plugin
-                if plugin in self.plugins:
-                    self.plugins[plugin].strategies.append(cls.name)
-
-        self.call_each("register_strategies", strategy_register, strategy_commit)
 
         def adapter_register(plugin: str) -> dict[str, Any]:
             staged[plugin] = []
@@ -109,32 +93,41 @@ class Registry:
                     self.plugins[plugin].adapters.append(cls.name)
 
         self.call_each("register_model_adapters", adapter_register, adapter_commit)
+        self._collect_named("register_presets", "preset", preset_problem, self.presets, self._preset_owner,
+                            "presets", "the first one is kept")
 
-        def preset_register(plugin: str) -> dict[str, Any]:
+    def _collect_named(self, hook: str, what: str, problem: Callable[[str, Any], str | None], store: dict[str, Any],
+                       owners: dict[str, str], info_list: str, on_clash: str) -> None:
+        """Collect items with a unique ``name`` through ``hook``, plugin by plugin: an invalid item (``problem``
+        says why) or a name another plugin (or the same one) registered first is skipped with a PluginWarning; a
+        plugin's items are kept only when its whole hook call succeeded."""
+        staged: dict[str, list[Any]] = {}
+
+        def begin(plugin: str) -> dict[str, Any]:
             staged[plugin] = []
 
-            def register(preset: Preset) -> None:
-                if not isinstance(preset, Preset):
-                    warn(f"{self._who(plugin)}: {preset!r} is not a Preset; skipped")
+            def register(item: Any) -> None:
+                why = problem(plugin, item)
+                if why is not None:
+                    warn(why)
                     return
-                owner = self._preset_owner.get(preset.name) or (
-                    plugin if any(p.name == preset.name for p in staged[plugin]) else None)
+                owner = owners.get(item.name) or (plugin if any(i.name == item.name for i in staged[plugin]) else None)
                 if owner is not None:
-                    warn(f"preset {preset.name!r} of {self._who(plugin)} skipped: the name is already registered by "
-                         f"{self._who(owner)}; the first one is kept")
+                    warn(f"{what} {item.name!r} of {self._who(plugin)} skipped: the name is already registered by "
+                         f"{self._who(owner)}; {on_clash}")
                     return
-                staged[plugin].append(preset)
+                staged[plugin].append(item)
 
             return {"register": register}
 
-        def preset_commit(plugin: str) -> None:
-            for preset in staged.pop(plugin):
-                self.presets[preset.name] = preset
-                self._preset_owner[preset.name] = plugin
+        def commit(plugin: str) -> None:
+            for item in staged.pop(plugin):
+                store[item.name] = item
+                owners[item.name] = plugin
                 if plugin in self.plugins:
-                    self.plugins[plugin].presets.append(preset.name)
+                    getattr(self.plugins[plugin], info_list).append(item.name)
 
-        self.call_each("register_presets", preset_register, preset_commit)
+        self.call_each(hook, begin, commit)
 
     def register_commands(self, cli: Any) -> None:
         """Let every plugin add its commands to the root click group ``cli`` (a failing plugin is skipped)."""

@@ -44,31 +44,28 @@ if triton is not None:
         lanes = tl.arange(0, BLOCK_N)
         m_i = tl.full([BLOCK_N], -1e30, dtype=tl.float32)  # finite: masked keys (-inf) never give inf - inf
         s_i = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for start in range(0, n, BLOCK_N):
-            cols = start + lanes
-            cmask = cols < n
-            kv = tl.load(k_base + cols[:, None] * sk_n + dims[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
-            logit = tl.sum(kv.to(tl.float32) * qv[None, :], axis=1) * scale
-            if HAS_BIAS:
-                logit += tl.load(bias_ptr + batch * sb_b + row * sb_r + cols, mask=cmask, other=0.0).to(tl.float32)
-            logit = tl.where(cmask, logit, float("-inf"))
-            m_new = tl.maximum(m_i, logit)
-            s_i = s_i * tl.exp(m_i - m_new) + tl.exp(logit - m_new)
-            m_i = m_new
-        m = tl.max(m_i, axis=0)
-        total = tl.sum(s_i * tl.exp(m_i - m), axis=0)
-        inv = tl.where(total > 0, 1.0 / tl.maximum(total * H, 1e-30), 0.0)  # no 1/0 for an all-masked row
         out_base = out_ptr + batch * (R * n) + row * n
-        for start in range(0, n, BLOCK_N):
-            cols = start + lanes
-            cmask = cols < n
-            kv = tl.load(k_base + cols[:, None] * sk_n + dims[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
-            logit = tl.sum(kv.to(tl.float32) * qv[None, :], axis=1) * scale
-            if HAS_BIAS:
-                logit += tl.load(bias_ptr + batch * sb_b + row * sb_r + cols, mask=cmask, other=0.0).to(tl.float32)
-            logit = tl.where(cmask, logit, float("-inf"))  # lanes past the keys: 0, not exp(0 - m)
-            p = tl.exp(logit - m) * inv
-            tl.atomic_add(out_base + cols, p, mask=cmask)
+        for phase in tl.static_range(2):  # unrolled: 0 gathers the statistics, 1 writes the probabilities
+            if phase == 1:
+                m = tl.max(m_i, axis=0)
+                total = tl.sum(s_i * tl.exp(m_i - m), axis=0)
+                inv = tl.where(total > 0, 1.0 / tl.maximum(total * H, 1e-30), 0.0)  # no 1/0 for an all-masked row
+            for start in range(0, n, BLOCK_N):
+                cols = start + lanes
+                cmask = cols < n
+                kv = tl.load(k_base + cols[:, None] * sk_n + dims[None, :], mask=cmask[:, None] & dmask[None, :],
+                             other=0.0)
+                logit = tl.sum(kv.to(tl.float32) * qv[None, :], axis=1) * scale
+                if HAS_BIAS:
+                    logit += tl.load(bias_ptr + batch * sb_b + row * sb_r + cols, mask=cmask, other=0.0).to(tl.float32)
+                logit = tl.where(cmask, logit, float("-inf"))  # lanes past the keys: 0, not exp(0 - m)
+                if phase == 0:
+                    m_new = tl.maximum(m_i, logit)
+                    s_i = s_i * tl.exp(m_i - m_new) + tl.exp(logit - m_new)
+                    m_i = m_new
+                else:
+                    p = tl.exp(logit - m) * inv
+                    tl.atomic_add(out_base + cols, p, mask=cmask)
 
 
 @functools.lru_cache(maxsize=None)
