@@ -24,10 +24,18 @@ from .presets import Preset
 from .registry import check_config, get_registry
 from .strategy import Handle, RunProbe
 
-# module that carries the hooks (a denoiser, a model) -> {family: the HandleGroup installed on it}. Keyed by the
-# module, not by what enable_accel was given: a pipeline and its transformer are two targets and one module, and
-# what is active on the module is what counts. Weak, so that dropping a model frees it.
-_ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, HandleGroup]]" = weakref.WeakKeyDictionary()
+# What is active is kept per module that carries the hooks (a denoiser, a model): {family: the HandleGroup installed
+# on it}, as an attribute of the module, not by what enable_accel was given: a pipeline and its transformer are two
+# targets and one module, and what is active on the module is what counts. On the module, not in a global table:
+# a handle refers back to its model, so a table entry would keep every model alive after the user dropped it.
+_ACTIVE_ATTR = "_dynaccel_active"
+
+
+def _active_on(module: torch.nn.Module, create: bool = False) -> "dict[str, HandleGroup] | None":
+    table = module.__dict__.get(_ACTIVE_ATTR)
+    if table is None and create:
+        table = module.__dict__[_ACTIVE_ATTR] = {}
+    return table
 
 _DENOISER_ATTRS = ("transformer", "transformer_2", "unet")
 
@@ -241,7 +249,7 @@ def enable_accel(target: Any, name: str | None = None, *, preset: str | Path | P
         raise
     handle = HandleGroup(name, cls.family, target, cfg, installed)
     for module in handle.modules:
-        _ACTIVE.setdefault(module, {})[cls.family] = handle
+        _active_on(module, create=True)[cls.family] = handle
     if _is_pipeline(target):
         for message in cls().pipeline_warnings(target, cfg):
             warnings.warn(message, AccelWarning, stacklevel=2)
@@ -252,7 +260,7 @@ def _handles_on(modules: list[torch.nn.Module]) -> list[HandleGroup]:
     """The active handles on any of ``modules``, each once, in the order they were found."""
     found: list[HandleGroup] = []
     for m in modules:
-        per_family = _ACTIVE.get(m)
+        per_family = _active_on(m)
         if not per_family:
             continue
         for fam, h in list(per_family.items()):
@@ -265,7 +273,7 @@ def _handles_on(modules: list[torch.nn.Module]) -> list[HandleGroup]:
 
 def _forget(handle: HandleGroup) -> None:
     for module in handle.modules:
-        per_family = _ACTIVE.get(module)
+        per_family = _active_on(module)
         if per_family is not None and per_family.get(handle.family) is handle:
             del per_family[handle.family]
 

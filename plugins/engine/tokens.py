@@ -39,7 +39,13 @@ from .token_kernels import query_rows_attention
 _PREFIX = "dynaccel_"
 _SUPPORTED_ATTENTION = ("sdpa", "eager")
 #: attention module -> engine that owns it (the registered attention function looks its engine up here)
-_OWNERS: "weakref.WeakKeyDictionary[torch.nn.Module, TokenEngine]" = weakref.WeakKeyDictionary()
+_OWNER_ATTR = "_dynaccel_token_engine"
+
+
+def owner_of(module: torch.nn.Module) -> "TokenEngine | None":
+    """The engine that owns an attention module (the registered attention function asks). Kept on the module, not
+    in a global table: a table entry whose engine refers back to the model would keep the model alive forever."""
+    return module.__dict__.get(_OWNER_ATTR)
 
 
 class Same:
@@ -157,7 +163,7 @@ def subset_layer_class() -> type:
 
 
 def _dynaccel_attention(module: torch.nn.Module, query, key, value, attention_mask, **kwargs):
-    engine = _OWNERS.get(module)
+    engine = owner_of(module)
     if engine is None:  # a module we do not own (should not happen): plain SDPA
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -302,6 +308,7 @@ class TokenEngine(Engine):
         self._orig_attention: Callable | None = None
         self._swapped: dict[int, torch.nn.Module] = {}
         self._swapped_configs: list[tuple[Any, Any]] = []
+        self._owned: list[torch.nn.Module] = []  # attention modules this engine owns (see owner_of)
         self._vision_ids: set[int] = set()
         self._orig_vision_attention: Callable | None = None
         self.counts: dict[str, Any] = {}
@@ -322,19 +329,23 @@ class TokenEngine(Engine):
             attn_modules = [self.adapter.attention_module(layer) for layer in self.layers]
             self._orig_attention = self._swap_attention(self.adapter.text_config(), attn_modules[0])
             for i, m in enumerate(attn_modules):
-                _OWNERS[m] = self
+                self._own(m)
                 self._layer_of[id(m)] = i
         vision = self.policy.vision_modules(self.adapter)
         if vision:
             self._orig_vision_attention = self._swap_attention(self.adapter.vision_config(), vision[0])
             for m in vision:
-                _OWNERS[m] = self
+                self._own(m)
                 self._vision_ids.add(id(m))
         for module, when, hook in self.policy.observers(self.adapter):
             if when == "pre":
                 self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             else:
                 self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+
+    def _own(self, module: torch.nn.Module) -> None:
+        module.__dict__[_OWNER_ATTR] = self
+        self._owned.append(module)
 
     def _swap_attention(self, config: Any, module: torch.nn.Module) -> Callable:
         """Point ``config`` at our registered attention function; return the function it used before."""
@@ -356,9 +367,10 @@ class TokenEngine(Engine):
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for m in list(_OWNERS.keys()):
-            if _OWNERS.get(m) is self:
-                del _OWNERS[m]
+        for m in self._owned:
+            if owner_of(m) is self:
+                del m.__dict__[_OWNER_ATTR]
+        self._owned = []
         for config, name in reversed(self._swapped_configs):
             config._attn_implementation = name
         self._swapped_configs = []
