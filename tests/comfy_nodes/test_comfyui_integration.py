@@ -691,6 +691,21 @@ def test_sparse_attention_on_the_wan22_layout(server):
     assert 0 < float((out - base).norm() / base.norm()) < 0.05
 
 
+def test_sparse_attention_with_a_batch_of_two(server):
+    """Batch 2 with cfg 5: ComfyUI runs cond and uncond of both samples as one batch of 4 per attention call."""
+    kw = dict(batch=2, latent=SPARSE_LATENT)
+    _ok(server.queue(workflow("sparse-b2-base", **kw)))
+    base, base_calls = server.record("sparse-b2-base")
+    _ok(server.queue(workflow("sparse-b2-dense", "pasa", {"dense_steps": 10}, **kw)))
+    assert torch.equal(server.record("sparse-b2-dense")[0], base)
+    result = _ok(server.queue(workflow("sparse-b2-on", "pasa", SPARSE_CASES["pasa"][1], **kw)))
+    out, calls = server.record("sparse-b2-on")
+    stats = _run_stats(result)
+    assert out.shape[0] == 2 and calls == base_calls and stats["sparse_calls"] > 0 and stats["mean_density"] < 1.0
+    for i in range(2):  # each sample stays close to its own plain output
+        assert 0 < float((out[i] - base[i]).norm() / base[i].norm()) < 0.05
+
+
 def test_a_dynaccel_node_after_a_sparse_attention_node_replaces_it(server, sparse_baseline):
     """loader -> sliding_tile (sparse) -> easycache (threshold 0) -> sampler: the sparse node no longer acts (no run
     of its own, no sparse call: its override is taken off and its leftover block patches are inert), so the output
