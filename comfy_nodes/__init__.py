@@ -1,4 +1,5 @@
-"""ComfyUI node pack: every cache strategy as a MODEL -> MODEL node, run through ComfyUI's ModelPatcher.
+"""ComfyUI node pack: every cache and sparse-attention strategy as a MODEL -> MODEL node, run through ComfyUI's
+ModelPatcher.
 
 The repo root is the pack (``git clone`` into ``ComfyUI/custom_nodes/``): its ``__init__.py`` re-exports
 :func:`comfy_entrypoint`, which ComfyUI calls to get the V3 extension. For a pip install, put this one line in a

@@ -1,9 +1,19 @@
-"""Model adapters for ComfyUI's own diffusion-model classes (``comfy.ldm.*``), for the cache strategies.
+"""Model adapters for ComfyUI's own diffusion-model classes (``comfy.ldm.*``), for the cache and sparse-attention
+strategies.
 
 They answer the same questions as the diffusers adapters (block list, block 0's modulated input, TeaCache profile)
 in ComfyUI's terms: a block is addressed by its ``("double_block" | "single_block", i)`` replace-patch key, its
 inputs and outputs are the dicts ComfyUI passes to and expects from a block replace patch (``{"img", "txt", "vec",
 ...}``). Matching is by class name under ``comfy.ldm``, so importing this module never imports ComfyUI.
+
+For the sparse-attention strategies (capability ``SELF_ATTENTION``, Wan only so far) an adapter also answers the
+video token grid after patching (:meth:`token_grid`), which blocks hold a video self-attention and how to find it
+among the block's attention calls (:meth:`self_attention_blocks`: the block's first attention call), and how many
+text tokens that call holds (``self_attention_text``: none in Wan). :func:`attention_call` and
+:func:`attention_output` read and write the layout of ComfyUI's attention functions (``func(q, k, v, heads, mask=None,
+..., skip_reshape=False, skip_output_reshape=False, **kwargs)``: q, k, v as ``(B, N, heads * dim)``, or as ``(B,
+heads, N, dim)`` with ``skip_reshape``), which is what ``transformer_options["optimized_attention_override"]``
+receives.
 
 Registered through the ``register_model_adapters`` hook by ``dynaccel.comfy_nodes.plugin`` (a built-in plugin).
 """
@@ -14,9 +24,43 @@ from typing import Any
 
 import torch
 
-from ..core.adapters import BLOCKS, MODULATED_INPUT, TEACACHE_PROFILE, ModelAdapter, class_name_matches
+from ..core.adapters import BLOCKS, MODULATED_INPUT, SELF_ATTENTION, TEACACHE_PROFILE, ModelAdapter, class_name_matches
 
 _ALL = frozenset({BLOCKS, MODULATED_INPUT, TEACACHE_PROFILE})
+
+_ATTENTION_PARAMS = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+
+
+def attention_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """q, k, v of a call to one of ComfyUI's attention functions as ``(B, N, heads, dim)``; None when the call is
+    not a plain self-attention (an attention mask, or keys of another length than the queries)."""
+    bound = dict(zip(_ATTENTION_PARAMS, args))
+    bound.update({n: kwargs[n] for n in _ATTENTION_PARAMS if n in kwargs})
+    q, k, v = bound.get("q"), bound.get("k"), bound.get("v")
+    if not all(isinstance(x, torch.Tensor) for x in (q, k, v)) or bound.get("mask") is not None:
+        return None
+    if bound.get("skip_reshape"):  # (B, heads, N, dim)
+        if q.dim() != 4:
+            return None
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    else:  # (B, N, heads * dim)
+        heads = bound.get("heads")
+        if not isinstance(heads, int) or q.dim() != 3 or q.shape[-1] % heads:
+            return None
+        q, k, v = (x.unflatten(2, (heads, -1)) for x in (q, k, v))
+    if k.shape[1] != q.shape[1] or v.shape[1] != q.shape[1]:
+        return None
+    return q, k, v
+
+
+def attention_output(out: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``out`` (``(B, N, heads, dim)``) in the layout the attention function called with ``args``/``kwargs``
+    returns: ``(B, heads, N, dim)`` with ``skip_output_reshape``, else ``(B, N, heads * dim)``."""
+    bound = dict(zip(_ATTENTION_PARAMS, args))
+    bound.update({n: kwargs[n] for n in _ATTENTION_PARAMS if n in kwargs})
+    if bound.get("skip_output_reshape"):
+        return out.transpose(1, 2)
+    return out.flatten(2, 3)
 
 
 class _Layout:
@@ -109,6 +153,24 @@ class ComfyAdapter(ModelAdapter):
     def model_id(self) -> str | None:
         return None
 
+    # ---- sparse attention (adapters with the SELF_ATTENTION capability) -------------------------------------------
+    #: text tokens in the video self-attention calls (appended after the video tokens)
+    self_attention_text = 0
+
+    def self_attention_blocks(self) -> list[tuple[str, int]]:
+        """Replace-patch keys ``(kind, index)`` of the blocks whose *first* attention call is their video
+        self-attention (the sparse runner marks the block, the attention override takes its first call); the index
+        is the attention layer the policies see."""
+        return []
+
+    def self_attention_modules(self) -> list[torch.nn.Module]:
+        """The self-attention modules, one per entry of :meth:`self_attention_blocks`."""
+        return []
+
+    def token_grid(self, model_args: tuple, model_kwargs: dict) -> tuple[int, int, int]:
+        """The video token grid (frames, height, width) after patching of a diffusion-model call."""
+        raise NotImplementedError
+
     def _stack(self, attr: str, kind: str, *, has_txt: bool, joint: str | None = None) -> list[ComfyBlockSpec]:
         return [
             ComfyBlockSpec(b, kind, i, self.layout, has_txt=has_txt, joint=joint)
@@ -128,9 +190,33 @@ class ComfyWanAdapter(ComfyAdapter):
     architectures = ("ComfyUI WanModel (Wan 2.1, Wan 2.2)",)
     classes = ("WanModel",)
     preset_architectures = ("WanTransformer3DModel",)
+    capabilities = _ALL | {SELF_ATTENTION}
 
     def blocks(self):
         return self._stack("blocks", "double_block", has_txt=False)
+
+    # Sparse attention: a WanAttentionBlock calls its self_attn (video tokens only, RoPE applied, q and k as
+    # (B, N, heads * dim) with heads given) before its cross_attn (one call, two for I2V); the blocks of the main
+    # stack go through ("double_block", i) replace patches. VACE's extra blocks are not patched: they run plain.
+    def self_attention_blocks(self):
+        return [("double_block", i) for i in range(len(getattr(self.model, "blocks", None) or []))]
+
+    def self_attention_modules(self):
+        return [b.self_attn for b in getattr(self.model, "blocks", None) or []]
+
+    def token_grid(self, model_args, model_kwargs):
+        # WanModel.forward(x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options, **kw):
+        # x (B, C, T, H, W) is padded to the patch size, time_dim_concat's frames are appended, and a
+        # reference_latent (models with ref_conv) is prepended as one more frame
+        x = model_args[0] if model_args else model_kwargs["x"]
+        pt, ph, pw = self.model.patch_size
+        frames = -(-x.shape[2] // pt)
+        extra = model_args[4] if len(model_args) > 4 else model_kwargs.get("time_dim_concat")
+        if isinstance(extra, torch.Tensor):
+            frames += -(-extra.shape[2] // pt)
+        if getattr(self.model, "ref_conv", None) is not None and model_kwargs.get("reference_latent") is not None:
+            frames += 1
+        return (frames, -(-x.shape[3] // ph), -(-x.shape[4] // pw))
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         d = block_args[0]

@@ -1,4 +1,5 @@
-"""The ComfyUI nodes (V3 API): one per cache strategy, generated from its Config, a preset node and a stats node.
+"""The ComfyUI nodes (V3 API): one per strategy a ComfyUI runner drives (cache and sparse attention: every
+strategy whose family declares ``comfyui_runner``), generated from its Config, a preset node and a stats node.
 
 Imported only by :func:`dynaccel.comfy_nodes.comfy_entrypoint`, i.e. inside a running ComfyUI.
 
@@ -24,9 +25,8 @@ from typing import Any
 from comfy_api.latest import ComfyExtension, io, ui
 
 from ..core.api import resolve_preset
-from ..core.registry import get_registry
 from ..plugins.cache.calibration import CalibratedPolicy
-from .presets import check_preset, default_preset, offered_presets, runnable
+from .presets import check_preset, comfy_strategies, default_preset, offered_presets
 from .runner import accelerate, accelerator_of
 from .schema import InputSpec, config_from_inputs, node_inputs
 
@@ -47,12 +47,6 @@ def _comfy_input(spec: InputSpec):
     return io.String.Input(spec.name, **common)
 
 
-def cache_strategies() -> list[type]:
-    """The registered strategies the ComfyUI runner can drive (cache family, policy based), by name."""
-    reg = get_registry()
-    return [reg.strategies[n] for n in sorted(reg.strategies) if runnable(reg.strategies[n])]
-
-
 def _keep_calibration_input():
     return io.Boolean.Input(
         "keep_calibration", default=True, optional=True,
@@ -67,7 +61,7 @@ def _node_id(node_cls) -> str | None:
 
 
 def strategy_node(strategy_cls: type) -> type[io.ComfyNode]:
-    """A V3 node class for one cache strategy, its inputs generated from the strategy's Config."""
+    """A V3 node class for one strategy, its inputs generated from the strategy's Config."""
     name = strategy_cls.name
     inputs = node_inputs(strategy_cls.Config)
     calibrates = issubclass(getattr(strategy_cls, "Policy", object), CalibratedPolicy)
@@ -161,7 +155,7 @@ class StatsNode(io.ComfyNode):
 
 class DynaccelExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [strategy_node(s) for s in cache_strategies()] + [PresetNode, StatsNode]
+        return [strategy_node(s) for s in comfy_strategies()] + [PresetNode, StatsNode]
 
 
 async def comfy_entrypoint() -> DynaccelExtension:

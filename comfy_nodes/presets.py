@@ -2,7 +2,7 @@
 
 A preset names the architecture it was tuned for (``architecture``, the diffusers class of that model). A ComfyUI
 adapter says which of these it runs (``ComfyAdapter.preset_architectures``): the node offers the presets of the
-strategies the ComfyUI runner drives whose architecture a registered ComfyUI adapter covers (or that name none), and
+strategies a ComfyUI runner drives whose architecture a registered ComfyUI adapter covers (or that name none), and
 refuses, when it runs, a preset made for another architecture than the model's, before anything is patched.
 """
 
@@ -20,9 +20,24 @@ from .adapters import ComfyAdapter
 DEFAULT_PRESET = "teacache-wan2.1-t2v-1.3b"
 
 
+#: the ComfyUI runners this pack has (comfy_nodes/runner.py, comfy_nodes/attention_runner.py); a strategy names the
+#: one that drives it with its ``comfyui_runner`` class attribute (declared once per family, on its base class)
+RUNNERS = ("cache", "sparse_attention")
+
+
 def runnable(strategy_cls: type) -> bool:
-    """Whether the ComfyUI runner drives this strategy (cache family, policy based)."""
-    return getattr(strategy_cls, "family", None) == "cache" and hasattr(strategy_cls, "Policy")
+    """Whether a ComfyUI runner drives this strategy: its ``comfyui_runner`` is one of :data:`RUNNERS`, it has a
+    policy, and (if it needs an adapter) some registered ComfyUI adapter answers the capabilities it needs."""
+    if getattr(strategy_cls, "comfyui_runner", None) not in RUNNERS or not hasattr(strategy_cls, "Policy"):
+        return False
+    needs = getattr(strategy_cls, "needs_capabilities", frozenset())
+    return not getattr(strategy_cls, "needs_adapter", True) or any(needs <= a.capabilities for a in comfy_adapters())
+
+
+def comfy_strategies() -> list[type]:
+    """The registered strategies a ComfyUI runner drives (one node each), by name."""
+    reg = get_registry()
+    return [reg.strategies[n] for n in sorted(reg.strategies) if runnable(reg.strategies[n])]
 
 
 def comfy_adapters() -> list[type[ComfyAdapter]]:

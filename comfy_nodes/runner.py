@@ -19,6 +19,10 @@ the *same* engine logic (``model_forward`` / ``block_forward``) are driven by Co
   level strategies: the engine decides at block 0, passes skipped blocks through and adds the cached residual at
   the last block, exactly as its diffusers block hooks do.
 
+Strategies name their runner with ``comfyui_runner``: ``"cache"`` is this module's :class:`Accelerator`;
+``"sparse_attention"`` is :class:`~dynaccel.comfy_nodes.attention_runner.SparseAttentionAccelerator` (the attention
+override), made by the same :func:`make_accelerator` / :func:`accelerate`.
+
 Everything stored in ``model_options`` is a plain function (ComfyUI deep-copies model options on ``clone()``; a
 function is shared, so the accelerator behind it is too). Nothing in ComfyUI is rebound or mocked. ComfyUI itself
 is imported only inside :func:`accelerate` (``comfy.patcher_extension``), when ComfyUI is running.
@@ -39,6 +43,7 @@ from ..core.strategy import Strategy
 from ..plugins.cache.calibration import CalibratedPolicy
 from ..plugins.cache.engine import CacheEngine, CachePolicy
 from .adapters import ComfyAdapter
+from .presets import RUNNERS
 
 logger = logging.getLogger("dynaccel")
 
@@ -99,6 +104,22 @@ def branch_name(cond_or_uncond: list[int] | None) -> str:
     if not cond_or_uncond:
         return "default"
     return "_".join(_BRANCH.get(c, f"c{c}") for c in cond_or_uncond)
+
+
+def branch_of(branch_keys: dict[tuple, str], opts: dict) -> str:
+    """The run's name for the CFG branch of a call's ``transformer_options`` (``branch_keys``: the names given so
+    far in this run, by ``cond_or_uncond`` and ``uuids``; two different batches of the same kind get ``#2``...)."""
+    cou = opts.get("cond_or_uncond")
+    key = (tuple(cou or ()), tuple(str(u) for u in opts.get("uuids") or ()))
+    name = branch_keys.get(key)
+    if name is None:
+        base = branch_name(cou)
+        taken = set(branch_keys.values())
+        name, k = base, 2
+        while name in taken:  # e.g. two positive conds with areas, batched separately
+            name, k = f"{base}#{k}", k + 1
+        branch_keys[key] = name
+    return name
 
 
 class Accelerator:
@@ -190,17 +211,7 @@ class Accelerator:
         return engine.block_forward(i, original, (args,), {})
 
     def _branch(self, opts: dict) -> str:
-        cou = opts.get("cond_or_uncond")
-        key = (tuple(cou or ()), tuple(str(u) for u in opts.get("uuids") or ()))
-        name = self.branch_keys.get(key)
-        if name is None:
-            base = branch_name(cou)
-            taken = set(self.branch_keys.values())
-            name, k = base, 2
-            while name in taken:  # e.g. two positive conds with areas, batched separately
-                name, k = f"{base}#{k}", k + 1
-            self.branch_keys[key] = name
-        return name
+        return branch_of(self.branch_keys, opts)
 
     @property
     def last_stats(self) -> dict[str, Any] | None:
@@ -236,30 +247,24 @@ def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any], *,
     """
     reg = get_registry()
     cls = reg.strategy(strategy_name)
-    if getattr(cls, "family", None) != "cache" or not hasattr(cls, "Policy"):
-        raise ConfigError(f"strategy {strategy_name!r} ({cls.family}) has no ComfyUI runner; the nodes run cache strategies")
-    cfg = cls.Config.from_kwargs(strategy_name, **options)
-    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if not isinstance(dm, torch.nn.Module):
-        raise UnsupportedModelError(
-            f"strategy {strategy_name!r}: the MODEL input has no diffusion model (got {type(model).__name__})"
+    kind = getattr(cls, "comfyui_runner", None)
+    if kind not in RUNNERS or not hasattr(cls, "Policy"):
+        raise ConfigError(
+            f"strategy {strategy_name!r} ({cls.family}) has no ComfyUI runner; the nodes run the strategies whose "
+            f"family declares one of: {', '.join(RUNNERS)}"
         )
-    comfy_adapters = [a for a in reg.adapters if isinstance(a, type) and issubclass(a, ComfyAdapter)]
-    adapter = None
+    cfg = cls.Config.from_kwargs(strategy_name, **options)
+    dm = diffusion_model_of(model, strategy_name)
+    if kind == "sparse_attention":
+        from .attention_runner import SparseAttentionAccelerator
+
+        acc = SparseAttentionAccelerator(cls, cfg, adapter_for(cls, dm, strategy_name), dm)
+        acc.node_id = node_id
+        return acc
     if cls.needs_adapter:
-        adapter_cls = next((a for a in reversed(comfy_adapters) if a.matches(dm)), None)
-        if adapter_cls is None or not cls.needs_capabilities <= adapter_cls.capabilities:
-            supported = sorted(
-                {arch for a in comfy_adapters if cls.needs_capabilities <= a.capabilities for arch in a.architectures}
-            )
-            raise UnsupportedModelError(
-                f"{strategy_name}: this model ({type(dm).__module__}.{type(dm).__name__}) is not supported; supported "
-                f"ComfyUI models: {', '.join(supported) or '(none)'}. The 'dynaccel EasyCache' node needs no adapter (it "
-                "wraps the whole diffusion-model call); or remove this node"
-            )
-        adapter = adapter_cls(dm)
+        adapter = adapter_for(cls, dm, strategy_name)
     else:
-        adapter_cls = next((a for a in reversed(comfy_adapters) if a.matches(dm)), None)
+        adapter_cls = next((a for a in reversed(_comfy_adapters()) if a.matches(dm)), None)
         adapter = adapter_cls(dm) if adapter_cls is not None else _ModelOnly(dm)
     policy = cls.Policy(cfg, adapter)
     if calibrated(policy) and getattr(policy, "calibration", None) is None:
@@ -270,6 +275,36 @@ def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any], *,
     acc = Accelerator(cls, cfg, policy, dm)
     acc.node_id, acc.keep_calibration = node_id, keep_calibration
     return acc
+
+
+def diffusion_model_of(model: Any, strategy_name: str) -> torch.nn.Module:
+    """The diffusion model of a ComfyUI MODEL (a ModelPatcher); UnsupportedModelError without one."""
+    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(dm, torch.nn.Module):
+        raise UnsupportedModelError(
+            f"strategy {strategy_name!r}: the MODEL input has no diffusion model (got {type(model).__name__})"
+        )
+    return dm
+
+
+def _comfy_adapters() -> list[type[ComfyAdapter]]:
+    return [a for a in get_registry().adapters if isinstance(a, type) and issubclass(a, ComfyAdapter)]
+
+
+def adapter_for(cls: type[Strategy], dm: torch.nn.Module, strategy_name: str) -> ComfyAdapter:
+    """The ComfyUI adapter of ``dm`` (the last registered that matches) answering what ``cls`` needs, or an
+    UnsupportedModelError naming the model and the ComfyUI models the strategy supports."""
+    adapters = _comfy_adapters()
+    adapter_cls = next((a for a in reversed(adapters) if a.matches(dm)), None)
+    if adapter_cls is None or not cls.needs_capabilities <= adapter_cls.capabilities:
+        supported = sorted({arch for a in adapters if cls.needs_capabilities <= a.capabilities for arch in a.architectures})
+        hint = (" The 'dynaccel EasyCache' node needs no adapter (it wraps the whole diffusion-model call); or remove "
+                "this node" if getattr(cls, "comfyui_runner", None) == "cache" else " Remove this node for this model")
+        raise UnsupportedModelError(
+            f"{strategy_name}: this model ({type(dm).__module__}.{type(dm).__name__}) is not supported; supported "
+            f"ComfyUI models: {', '.join(supported) or '(none)'}.{hint}"
+        )
+    return adapter_cls(dm)
 
 
 class _ModelOnly:
@@ -296,10 +331,10 @@ def accelerate(model: Any, strategy_name: str, options: dict[str, Any], *, keep_
     import comfy.patcher_extension as pe  # ComfyUI is running when a node calls this
 
     acc = make_accelerator(model, strategy_name, options, keep_calibration=keep_calibration, node_id=node_id)
-    m = model.clone()
-    # a previous dynaccel node on this model is replaced, not stacked
-    for kind in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL):
-        m.remove_wrappers_with_key(kind, KEY)
+    m = fresh_clone(model)
+    if not isinstance(acc, Accelerator):  # the sparse-attention runner
+        acc.install(m)
+        return m, acc
 
     def outer_sample(executor, *args, **kwargs):
         return acc.sample(executor, *args, **kwargs)
@@ -314,6 +349,27 @@ def accelerate(model: Any, strategy_name: str, options: dict[str, Any], *, keep_
         for i, spec in enumerate(acc.adapter.blocks()):
             m.set_model_patch_replace(_block_patch(acc, i), "dit", spec.kind, spec.index)
     return m, acc
+
+
+def fresh_clone(model: Any) -> Any:
+    """``model.clone()`` without what an earlier dynaccel node installed on it (a dynaccel node replaces the one
+    before it, it does not stack): its wrappers, and its attention override (the override that was there before it
+    is put back). Its block replace patches stay: with their accelerator's wrappers gone they call the original
+    block, and a new node's patches replace them."""
+    import comfy.patcher_extension as pe
+
+    m = model.clone()
+    for kind in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL):
+        m.remove_wrappers_with_key(kind, KEY)
+    opts = m.model_options.get("transformer_options", {})
+    override = opts.get("optimized_attention_override")
+    if getattr(override, "dynaccel_accelerator", None) is not None:
+        previous = getattr(override, "dynaccel_previous", None)
+        if previous is None:
+            del opts["optimized_attention_override"]
+        else:
+            opts["optimized_attention_override"] = previous
+    return m
 
 
 def _on_copies(block: Callable) -> Callable:

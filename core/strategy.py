@@ -40,6 +40,11 @@ class Strategy:
     #: polynomial from the signal's change to the change of what is reused (TeaCache: ``"coefficients"``); None:
     #: nothing to fit
     fitted_option: ClassVar[str | None] = None
+    #: which ComfyUI runner drives this strategy: ``"cache"`` (the diffusion-model and block wrappers around the
+    #: cache engine) or ``"sparse_attention"`` (the attention override around the sparse-attention engine); None:
+    #: no ComfyUI node. The ComfyUI pack builds its node list from this (and from the capabilities its model
+    #: adapters answer), so a family gains nodes by declaring it on its Strategy base class
+    comfyui_runner: ClassVar[str | None] = None
 
     @classmethod
     def signal_recording_config(cls) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
     python scripts/make_comfy_workflows.py
 
-Wan 2.1 T2V 1.3B text-to-video with a dynaccel node between the model loader and the sampler, and the stats node
-after the sampler. Model file names are those of ComfyUI's own Wan 2.1 example (put them in models/diffusion_models,
+Wan 2.1 T2V 1.3B text-to-video with a dynaccel node (TeaCache, the preset node, SlidingTile) between the model
+loader and the sampler, and the stats node after the sampler. Model file names are those of ComfyUI's own Wan 2.1 example (put them in models/diffusion_models,
 models/text_encoders and models/vae).
 """
 
@@ -68,6 +68,9 @@ EXAMPLES = {
     "wan21_t2v_teacache": wan_t2v("Dynaccel_teacache", [("threshold", 0.08), ("start", 0.0), ("end", 1.0), ("compute_last", True), ("cfg_sync", True), ("mode", "normal"), ("retention_steps", 5), ("coefficients", "")]),
     # the same through the preset node
     "wan21_t2v_preset": wan_t2v("Dynaccel_Preset", [("preset", "teacache-wan2.1-t2v-1.3b")]),
+    # sparse attention: sliding tiles of 1x8x8 tokens (one 64-token kernel block each) on the (9, 30, 52) token grid of
+    # 832x480x33, the first 10 of 30 steps dense. An example of the node's use, not a setting measured on the real model
+    "wan21_t2v_sliding_tile": wan_t2v("Dynaccel_sliding_tile", [("block_size", 64), ("dense_steps", 10), ("backend", "auto"), ("remainder", "drop"), ("tile_frames", 1), ("tile_height", 8), ("tile_width", 8), ("radius_frames", 3), ("radius_height", 2), ("radius_width", 3)]),
 }
 
 if __name__ == "__main__":

@@ -483,6 +483,7 @@ class CacheStrategy(Strategy):
     family = "cache"
     needs_adapter = True
     needs_capabilities = frozenset({BLOCKS})
+    comfyui_runner = "cache"  # ComfyUI nodes (comfy_nodes/)
     Policy: ClassVar[type[CachePolicy]]
     #: the Config option capping how many passes in a row may reuse the cache, if any; ``dynaccel calibrate``
     #: searches it along with the threshold

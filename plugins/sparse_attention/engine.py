@@ -369,6 +369,7 @@ class SparseAttentionStrategy(Strategy):
     family = "sparse_attention"
     needs_adapter = True
     needs_capabilities = frozenset({SELF_ATTENTION})
+    comfyui_runner = "sparse_attention"  # ComfyUI nodes (comfy_nodes/)
     Policy: ClassVar[type[SparsePolicy]]
 
     def apply(self, target, config, adapter, run_probe):

@@ -606,3 +606,146 @@ def test_clone_install_with_requirements_loads_without_import_failed(tmp_path):
         assert "IMPORT FAILED" not in log and "No module named" not in log, log[-3000:]
     finally:
         srv.stop()
+
+
+# ---- sparse attention (issue 13): the same engine and policies through ComfyUI's attention override ------------------
+
+SPARSE = ("sliding_tile", "radial", "svg", "pasa")
+# 128x128x9 video: a 16x16x3 latent, a (3, 8, 8) token grid of 192 tokens, 12 kernel blocks of 16 tokens
+SPARSE_LATENT = ("EmptyHunyuanLatentVideo", {"width": 128, "height": 128, "length": 9})
+TILES = {"tile_frames": 1, "tile_height": 4, "tile_width": 4, "block_size": 16}
+# strategy -> (a full mask: dense without dense_steps, a sparse setting)
+SPARSE_CASES = {
+    "sliding_tile": (TILES | {"radius_frames": 1000, "radius_height": 1000, "radius_width": 1000},
+                     TILES | {"radius_frames": 0, "radius_height": 1, "radius_width": 1, "dense_steps": 2}),
+    "radial": ({"tile_height": 4, "tile_width": 4, "block_size": 16, "dense_frames": 1000},
+               {"tile_height": 4, "tile_width": 4, "block_size": 16, "dense_frames": 0, "window": 0, "dense_steps": 2}),
+    "svg": ({"block_size": 16, "frame_window": 1000},
+            {"block_size": 16, "frame_window": 0, "position_window": 16, "dense_steps": 2}),
+    "pasa": (TILES | {"density": 1.0, "max_density": 1.0},
+             TILES | {"density": 0.4, "max_density": 0.7, "dense_steps": 2}),
+}
+
+
+def _run_stats(result: dict) -> dict:
+    return json.loads(_stats_text(result).split("\n", 1)[1])[-1]
+
+
+@pytest.fixture(scope="module")
+def sparse_baseline(server):
+    _ok(server.queue(workflow("sparse-base", latent=SPARSE_LATENT)))
+    return server.record("sparse-base")
+
+
+def test_a_node_per_sparse_attention_strategy_with_inputs_from_its_config(server):
+    info = server.get("/object_info")
+    reg = get_registry()
+    for name in SPARSE:
+        node = info[f"Dynaccel_{name}"]
+        required, optional = node["input"]["required"], node["input"].get("optional", {})
+        assert set(required) == {"model"} and required["model"][0] == "MODEL" and node["output"] == ["MODEL"]
+        assert set(optional) == {f.name for f in reg.strategy(name).Config.fields_info()}
+        for f in reg.strategy(name).Config.fields_info():
+            kind, opts = optional[f.name]
+            assert opts["default"] == f.default and f.doc in opts["tooltip"], (name, f.name)
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_sparse_attention_dense_settings_are_identical_and_a_sparse_one_computes_fewer_blocks(server, sparse_baseline, name):
+    base, base_calls = sparse_baseline
+    full_mask, sparse = SPARSE_CASES[name]
+    # dense: every step a warm-up step, or a mask that covers everything: ComfyUI's own attention runs every call
+    for label, opts in (("steps", {"dense_steps": 10}), ("mask", full_mask)):
+        result = _ok(server.queue(workflow(f"{name}-dense-{label}", name, opts, latent=SPARSE_LATENT)))
+        out, calls = server.record(f"{name}-dense-{label}")
+        assert torch.equal(out, base) and calls == base_calls, (name, label)
+        stats = _run_stats(result)
+        assert stats["sparse_calls"] == 0 and stats["mean_density"] == 1.0 and stats["steps"] == 10, (label, stats)
+    log_before = len(server.log_path.read_text())
+    result = _ok(server.queue(workflow(f"{name}-sparse", name, sparse, latent=SPARSE_LATENT)))
+    out, calls = server.record(f"{name}-sparse")
+    stats = _run_stats(result)
+    # 4 blocks x 10 steps, cond and uncond batched: one self-attention call per block and step (per branch)
+    assert stats["steps"] == 10 and stats["attention_calls"] % 40 == 0, stats
+    assert stats["dense_calls"] == stats["attention_calls"] // 5  # the 2 dense steps of 10
+    assert stats["sparse_calls"] > 0 and stats["mean_density"] < 1.0 and stats["attention_sparsity"] > 0, stats
+    assert all(d < 1.0 for s, d in stats["density_per_step"].items() if int(s) >= 2), stats["density_per_step"]
+    assert calls == base_calls  # sparse attention computes fewer attention blocks, never fewer transformer blocks
+    rel = float((out - base).norm() / base.norm())
+    assert 0 < rel < 0.05, rel
+    assert _stats_text(result).startswith(f"{name}: {stats['sparse_calls']}/{stats['attention_calls']} attention calls sparse, mean density ")
+    assert f"dynaccel [node 3]: {name}: " in server.log_path.read_text()[log_before:]  # the per-run log line
+
+
+def test_sparse_attention_on_the_wan22_layout(server):
+    """Wan 2.2 (TI2V-5B layout, 48 latent channels) is the same WanModel class: dense is identical, sparse runs."""
+    kw = dict(unet="tiny_wan22.safetensors", latent=SPARSE_LATENT)
+    _ok(server.queue(workflow("wan22-sparse-base", **kw)))
+    base, base_calls = server.record("wan22-sparse-base")
+    _ok(server.queue(workflow("wan22-st-dense", "sliding_tile", {"dense_steps": 10}, **kw)))
+    assert torch.equal(server.record("wan22-st-dense")[0], base)
+    result = _ok(server.queue(workflow("wan22-st-sparse", "sliding_tile", SPARSE_CASES["sliding_tile"][1], **kw)))
+    out, calls = server.record("wan22-st-sparse")
+    stats = _run_stats(result)
+    assert stats["sparse_calls"] > 0 and stats["mean_density"] < 1.0 and calls == base_calls, stats
+    assert 0 < float((out - base).norm() / base.norm()) < 0.05
+
+
+def test_sparse_attention_with_a_batch_of_two(server):
+    """Batch 2 with cfg 5: ComfyUI runs cond and uncond of both samples as one batch of 4 per attention call."""
+    kw = dict(batch=2, latent=SPARSE_LATENT)
+    _ok(server.queue(workflow("sparse-b2-base", **kw)))
+    base, base_calls = server.record("sparse-b2-base")
+    _ok(server.queue(workflow("sparse-b2-dense", "pasa", {"dense_steps": 10}, **kw)))
+    assert torch.equal(server.record("sparse-b2-dense")[0], base)
+    result = _ok(server.queue(workflow("sparse-b2-on", "pasa", SPARSE_CASES["pasa"][1], **kw)))
+    out, calls = server.record("sparse-b2-on")
+    stats = _run_stats(result)
+    assert out.shape[0] == 2 and calls == base_calls and stats["sparse_calls"] > 0 and stats["mean_density"] < 1.0
+    for i in range(2):  # each sample stays close to its own plain output
+        assert 0 < float((out[i] - base[i]).norm() / base[i].norm()) < 0.05
+
+
+def test_a_dynaccel_node_after_a_sparse_attention_node_replaces_it(server, sparse_baseline):
+    """loader -> sliding_tile (sparse) -> easycache (threshold 0) -> sampler: the sparse node no longer acts (no run
+    of its own, no sparse call: its override is taken off and its leftover block patches are inert), so the output
+    is the plain model's."""
+    g = workflow("after-sparse", "easycache", _defaults("easycache") | {"threshold": 0.0}, latent=SPARSE_LATENT)
+    g["3b"] = {"class_type": "Dynaccel_sliding_tile", "inputs": {"model": ["1", 0], **SPARSE_CASES["sliding_tile"][1]}}
+    g["3"]["inputs"]["model"] = ["3b", 0]
+    log_before = len(server.log_path.read_text())
+    _ok(server.queue(g))
+    log = server.log_path.read_text()[log_before:]
+    assert "easycache: computed 10/10 steps" in log and "sliding_tile:" not in log
+    assert torch.equal(server.record("after-sparse")[0], sparse_baseline[0])
+
+
+def test_a_sparse_attention_node_refuses_a_model_without_a_self_attention_adapter(server):
+    result = server.queue(workflow("sparse-bad", "sliding_tile", {}, unet="tiny_hunyuanvideo.safetensors"))
+    err = _node_error(result)
+    assert err["node_type"] == "Dynaccel_sliding_tile"
+    assert "is not supported" in err["exception_message"] and "HunyuanVideo" in err["exception_message"]
+    assert "supported ComfyUI models: ComfyUI WanModel" in err["exception_message"]
+    assert "7" not in err["executed"]  # the sampler never ran
+
+
+def test_sparse_attention_makes_the_same_decisions_on_the_diffusers_and_comfyui_paths(tmp_path):
+    """One tiny Wan 2.1 model in both layouts; every sparse strategy at a dense and a sparse setting through ComfyUI's
+    sampler with the node's runner and through diffusers with enable_accel (see sparse_same_decisions_check.py)."""
+    report = _run_check_script("sparse_same_decisions_check.py", tmp_path)
+    assert report["plain_rel_diff"] < 1e-5
+    sparse = set()
+    for case in report["cases"]:
+        c, d = case["comfy"], case["diffusers"]
+        for key in ("sparse_calls", "dense_calls", "mean_density", "density_per_step", "spatial_head_share"):
+            assert c.get(key) == d.get(key), (key, case)
+        for step, budget in (d.get("budget_per_step") or {}).items():  # PASA: from the latents, which agree to 1e-6
+            assert abs(c["budget_per_step"][step] - budget) < 1e-4, case
+        assert abs(case["comfy_vs_plain"] - case["diffusers_vs_plain"]) < 1e-5, case
+        assert case["comfy_vs_diffusers"] < 1e-5, case
+        if case["setting"] == "dense":
+            assert case["comfy_identical_to_plain"] and c["sparse_calls"] == 0, case
+        else:
+            assert c["sparse_calls"] > 0 and c["mean_density"] < 1.0 and case["comfy_vs_plain"] > 0, case
+            sparse.add(case["strategy"])
+    assert sparse == set(SPARSE)
