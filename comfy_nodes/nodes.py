@@ -24,9 +24,8 @@ from typing import Any
 from comfy_api.latest import ComfyExtension, io, ui
 
 from ..core.api import resolve_preset
-from ..core.registry import get_registry
 from ..plugins.cache.calibration import CalibratedPolicy
-from .presets import check_preset, default_preset, offered_presets, runnable
+from .presets import cache_strategies, check_preset, default_preset, offered_presets
 from .runner import accelerate, accelerator_of
 from .schema import InputSpec, config_from_inputs, node_inputs
 
@@ -45,12 +44,6 @@ def _comfy_input(spec: InputSpec):
     if spec.kind == "combo":
         return io.Combo.Input(spec.name, options=list(spec.options), **common)
     return io.String.Input(spec.name, **common)
-
-
-def cache_strategies() -> list[type]:
-    """The registered strategies the ComfyUI runner can drive (cache family, policy based), by name."""
-    reg = get_registry()
-    return [reg.strategies[n] for n in sorted(reg.strategies) if runnable(reg.strategies[n])]
 
 
 def _keep_calibration_input():

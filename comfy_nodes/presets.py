@@ -25,6 +25,12 @@ def runnable(strategy_cls: type) -> bool:
     return getattr(strategy_cls, "family", None) == "cache" and hasattr(strategy_cls, "Policy")
 
 
+def cache_strategies() -> list[type]:
+    """The registered strategies the ComfyUI runner can drive (:func:`runnable`), by name: one node each."""
+    reg = get_registry()
+    return [reg.strategies[n] for n in sorted(reg.strategies) if runnable(reg.strategies[n])]
+
+
 def comfy_adapters() -> list[type[ComfyAdapter]]:
     """The registered ComfyUI adapters (built-in and third-party), in registration order."""
     return [a for a in get_registry().adapters if isinstance(a, type) and issubclass(a, ComfyAdapter)]
