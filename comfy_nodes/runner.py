@@ -39,6 +39,7 @@ from ..core.strategy import Strategy
 from ..plugins.cache.calibration import CalibratedPolicy
 from ..plugins.cache.engine import CacheEngine, CachePolicy
 from .adapters import ComfyAdapter
+from .presets import runnable
 
 logger = logging.getLogger("dynaccel")
 
@@ -236,7 +237,7 @@ def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any], *,
     """
     reg = get_registry()
     cls = reg.strategy(strategy_name)
-    if getattr(cls, "family", None) != "cache" or not hasattr(cls, "Policy"):
+    if not runnable(cls):
         raise ConfigError(f"strategy {strategy_name!r} ({cls.family}) has no ComfyUI runner; the nodes run cache strategies")
     cfg = cls.Config.from_kwargs(strategy_name, **options)
     dm = getattr(getattr(model, "model", None), "diffusion_model", None)
@@ -244,23 +245,16 @@ def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any], *,
         raise UnsupportedModelError(
             f"strategy {strategy_name!r}: the MODEL input has no diffusion model (got {type(model).__name__})"
         )
-    comfy_adapters = [a for a in reg.adapters if isinstance(a, type) and issubclass(a, ComfyAdapter)]
-    adapter = None
-    if cls.needs_adapter:
-        adapter_cls = next((a for a in reversed(comfy_adapters) if a.matches(dm)), None)
-        if adapter_cls is None or not cls.needs_capabilities <= adapter_cls.capabilities:
-            supported = sorted(
-                {arch for a in comfy_adapters if cls.needs_capabilities <= a.capabilities for arch in a.architectures}
-            )
-            raise UnsupportedModelError(
-                f"{strategy_name}: this model ({type(dm).__module__}.{type(dm).__name__}) is not supported; supported "
-                f"ComfyUI models: {', '.join(supported) or '(none)'}. The 'dynaccel EasyCache' node needs no adapter (it "
-                "wraps the whole diffusion-model call); or remove this node"
-            )
-        adapter = adapter_cls(dm)
-    else:
-        adapter_cls = next((a for a in reversed(comfy_adapters) if a.matches(dm)), None)
-        adapter = adapter_cls(dm) if adapter_cls is not None else _ModelOnly(dm)
+    adapter = reg.find_adapter(dm, among=ComfyAdapter)  # the registry's choice, among the ComfyUI adapters
+    if cls.needs_adapter and not reg.supports(adapter, cls):
+        supported = reg.supported_architectures(cls, among=ComfyAdapter)
+        raise UnsupportedModelError(
+            f"{strategy_name}: this model ({type(dm).__module__}.{type(dm).__name__}) is not supported; supported "
+            f"ComfyUI models: {', '.join(supported) or '(none)'}. The 'dynaccel EasyCache' node needs no adapter (it "
+            "wraps the whole diffusion-model call); or remove this node"
+        )
+    if adapter is None:  # a model-level strategy on a model without a ComfyUI adapter
+        adapter = _ModelOnly(dm)
     policy = cls.Policy(cfg, adapter)
     if calibrated(policy) and getattr(policy, "calibration", None) is None:
         if keep_calibration:
