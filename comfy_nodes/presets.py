@@ -42,12 +42,12 @@ def comfy_strategies() -> list[type]:
 
 def comfy_adapters() -> list[type[ComfyAdapter]]:
     """The registered ComfyUI adapters (built-in and third-party), in registration order."""
-    return [a for a in get_registry().adapters if isinstance(a, type) and issubclass(a, ComfyAdapter)]
+    return get_registry().adapter_classes(among=ComfyAdapter)
 
 
 def adapter_class_for(diffusion_model: Any) -> type[ComfyAdapter] | None:
     """The ComfyUI adapter of this diffusion model (the last registered that matches), or None."""
-    return next((a for a in reversed(comfy_adapters()) if a.matches(diffusion_model)), None)
+    return get_registry().adapter_class(diffusion_model, among=ComfyAdapter)
 
 
 def applies(preset: Preset, adapter_cls: type[ComfyAdapter]) -> bool:

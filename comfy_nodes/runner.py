@@ -43,7 +43,7 @@ from ..core.strategy import Strategy
 from ..plugins.cache.calibration import CalibratedPolicy
 from ..plugins.cache.engine import CacheEngine, CachePolicy
 from .adapters import ComfyAdapter
-from .presets import RUNNERS
+from .presets import RUNNERS, runnable
 
 logger = logging.getLogger("dynaccel")
 
@@ -248,7 +248,7 @@ def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any], *,
     reg = get_registry()
     cls = reg.strategy(strategy_name)
     kind = getattr(cls, "comfyui_runner", None)
-    if kind not in RUNNERS or not hasattr(cls, "Policy"):
+    if not runnable(cls):
         raise ConfigError(
             f"strategy {strategy_name!r} ({cls.family}) has no ComfyUI runner; the nodes run the strategies whose "
             f"family declares one of: {', '.join(RUNNERS)}"
@@ -263,9 +263,8 @@ def make_accelerator(model: Any, strategy_name: str, options: dict[str, Any], *,
         return acc
     if cls.needs_adapter:
         adapter = adapter_for(cls, dm, strategy_name)
-    else:
-        adapter_cls = next((a for a in reversed(_comfy_adapters()) if a.matches(dm)), None)
-        adapter = adapter_cls(dm) if adapter_cls is not None else _ModelOnly(dm)
+    else:  # a model-level strategy: the model's ComfyUI adapter if it has one, else one that is told of calls only
+        adapter = reg.find_adapter(dm, among=ComfyAdapter) or _ModelOnly(dm)
     policy = cls.Policy(cfg, adapter)
     if calibrated(policy) and getattr(policy, "calibration", None) is None:
         if keep_calibration:
@@ -287,24 +286,20 @@ def diffusion_model_of(model: Any, strategy_name: str) -> torch.nn.Module:
     return dm
 
 
-def _comfy_adapters() -> list[type[ComfyAdapter]]:
-    return [a for a in get_registry().adapters if isinstance(a, type) and issubclass(a, ComfyAdapter)]
-
-
 def adapter_for(cls: type[Strategy], dm: torch.nn.Module, strategy_name: str) -> ComfyAdapter:
-    """The ComfyUI adapter of ``dm`` (the last registered that matches) answering what ``cls`` needs, or an
-    UnsupportedModelError naming the model and the ComfyUI models the strategy supports."""
-    adapters = _comfy_adapters()
-    adapter_cls = next((a for a in reversed(adapters) if a.matches(dm)), None)
-    if adapter_cls is None or not cls.needs_capabilities <= adapter_cls.capabilities:
-        supported = sorted({arch for a in adapters if cls.needs_capabilities <= a.capabilities for arch in a.architectures})
+    """The ComfyUI adapter of ``dm`` (the registry's choice among the ComfyUI adapters) answering what ``cls``
+    needs, or an UnsupportedModelError naming the model and the ComfyUI models the strategy supports."""
+    reg = get_registry()
+    adapter = reg.find_adapter(dm, among=ComfyAdapter)
+    if not reg.supports(adapter, cls):
+        supported = reg.supported_architectures(cls, among=ComfyAdapter)
         hint = (" The 'dynaccel EasyCache' node needs no adapter (it wraps the whole diffusion-model call); or remove "
                 "this node" if getattr(cls, "comfyui_runner", None) == "cache" else " Remove this node for this model")
         raise UnsupportedModelError(
             f"{strategy_name}: this model ({type(dm).__module__}.{type(dm).__name__}) is not supported; supported "
             f"ComfyUI models: {', '.join(supported) or '(none)'}.{hint}"
         )
-    return adapter_cls(dm)
+    return adapter
 
 
 class _ModelOnly:

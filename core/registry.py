@@ -181,19 +181,35 @@ class Registry:
         """The name a plugin gives the model in local folder ``path`` (e.g. a zoo model's), or None."""
         return self.pm.hook.identify_model(path=path)
 
-    def find_adapter(self, model: Any) -> ModelAdapter | None:
-        # later registrations win, so a third-party adapter can refine a built-in one
-        for cls in reversed(self.adapters):
-            if cls.matches(model):
-                return cls(model)
-        return None
+    def adapter_classes(self, among: type[ModelAdapter] = ModelAdapter) -> list[type[ModelAdapter]]:
+        """The registered adapters that are subclasses of ``among`` (e.g. a surface's own adapter base class), in
+        registration order."""
+        return [cls for cls in self.adapters if isinstance(cls, type) and issubclass(cls, among)]
+
+    def adapter_class(self, model: Any, among: type[ModelAdapter] = ModelAdapter) -> type[ModelAdapter] | None:
+        """The adapter class for ``model`` among :meth:`adapter_classes`: the last registered that matches (so a
+        third-party adapter can refine a built-in one), or None."""
+        return next((cls for cls in reversed(self.adapter_classes(among)) if cls.matches(model)), None)
+
+    def find_adapter(self, model: Any, among: type[ModelAdapter] = ModelAdapter) -> ModelAdapter | None:
+        """An adapter on ``model`` (:meth:`adapter_class`), or None when none matches."""
+        cls = self.adapter_class(model, among)
+        return cls(model) if cls is not None else None
+
+    def supported_architectures(self, strategy: type[Strategy], among: type[ModelAdapter] = ModelAdapter) -> list[str]:
+        """The architectures whose adapters (among ``among``) answer everything ``strategy`` needs, sorted."""
+        return sorted({arch for cls in self.adapter_classes(among) if strategy.needs_capabilities <= cls.capabilities
+                       for arch in cls.architectures})
+
+    def supports(self, adapter: ModelAdapter | None, strategy: type[Strategy]) -> bool:
+        """Whether ``adapter`` (from :meth:`find_adapter`) answers everything ``strategy`` needs."""
+        return adapter is not None and strategy.needs_capabilities <= adapter.capabilities
 
     def adapter_for(self, model: Any, strategy: type[Strategy]) -> ModelAdapter:
+        """The adapter ``strategy`` runs with on ``model``; UnsupportedModelError naming the supported architectures."""
         adapter = self.find_adapter(model)
-        supported = sorted(
-            {arch for cls in self.adapters if strategy.needs_capabilities <= cls.capabilities for arch in cls.architectures}
-        )
-        if adapter is None or not strategy.needs_capabilities <= adapter.capabilities:
+        if not self.supports(adapter, strategy):
+            supported = self.supported_architectures(strategy)
             raise UnsupportedModelError(
                 f"strategy {strategy.name!r} does not support {type(model).__name__}; supported architectures: "
                 f"{', '.join(supported) or '(none)'}"

@@ -86,6 +86,9 @@ def threshold_grid(strategy: str, n: int = 8) -> list[float]:
     if spec is None:
         raise bench.BenchError(f"strategy {strategy!r} declares no quality knob to search")
     hi = spec.offered_range()[1] if spec.max is not None else 1.0
+    if spec.type == "int":  # an int knob (e.g. a step interval): the distinct whole values of a grid from 1
+        lo = max(spec.offered_range()[0] or 1, 1)
+        return sorted({int(round(lo * (hi / lo) ** (i / (n - 1)))) for i in range(n)})
     lo = hi / 250
     return [round(lo * (hi / lo) ** (i / (n - 1)), 4) for i in range(n)]
 
@@ -150,6 +153,10 @@ def calibrate(
             lo, hi = grid[passing[-1]], grid[passing[-1] + 1]
             for _ in range(refine):
                 mid = round(math.sqrt(lo * hi), 4)
+                if isinstance(lo, int):  # an int knob: whole values only, until none is left between
+                    mid = int(round(mid))
+                    if mid in (lo, hi):
+                        break
                 setting = bench.Setting("dynaccel", strategy, {**cfg, knob: mid})
                 row = bench.run_bench(pipe, [setting], heldout_prompts, seeds, call, repeats=1, progress=progress,
                                       baseline=baseline)[1]

@@ -207,8 +207,12 @@ def sweep_values(strategy: str, count: int = 5) -> list[float]:
     lo = max(lo_bound, spec.default / 4) if spec.default > 0 else (hi_bound - lo_bound) / 100 + lo_bound
     hi = min(hi_bound, spec.default * 4) if spec.default > 0 else (hi_bound - lo_bound) / 10 + lo_bound
     if count == 1 or hi <= lo:
-        return [round(lo, 4)]
-    return [round(lo * (hi / lo) ** (i / (count - 1)), 4) for i in range(count)]
+        values = [lo]
+    else:
+        values = [lo * (hi / lo) ** (i / (count - 1)) for i in range(count)]
+    if spec.type == "int":  # an int knob (e.g. a step interval): the distinct whole values of the grid
+        return sorted({int(round(v)) for v in values})
+    return [round(v, 4) for v in values]
 
 
 def sweep(model: DemoModel, prompt: str, seed: int, steps: int, strategy: str, values: list[float],
@@ -319,7 +323,8 @@ def _control(gr, strategy: str, spec, **overrides: Any):
     if spec.type == "bool":
         return gr.Checkbox(value=value, **common)
     if spec.type in ("int", "float"):
-        if spec.min is not None and spec.max is not None and spec.max - spec.min <= 1000:
+        # a slider needs a range; a field pinned to one value (min == max) gets a number box
+        if spec.min is not None and spec.max is not None and 0 < spec.max - spec.min <= 1000:
             step = spec.step or (1 if spec.type == "int" else (spec.max - spec.min) / 1000)
             lo, hi = spec.offered_range(step)
             return gr.Slider(minimum=lo, maximum=hi, step=step, value=value, **common)

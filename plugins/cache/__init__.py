@@ -1,16 +1,24 @@
 """Cache-reuse family (training-free, diffusion transformers): TeaCache, First-Block Cache, EasyCache, MagCache,
-AdaCache, BWCache, SmoothCache, TaylorSeer."""
+AdaCache, BWCache, SmoothCache, TaylorSeer.
+
+The public, stable names for writing a cache strategy in another package (docs/plugins.md)::
+
+    from dynaccel.plugins.cache import CacheConfig, CachePolicy, CacheStrategy, Pass
+"""
 
 from ...core.hookspecs import hookimpl
 from ...core.presets import load_builtin_presets
 from .adacache import AdaCache
 from .bwcache import BWCache
 from .easycache import EasyCache
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass
 from .fbcache import FBCache
 from .magcache import MagCache
 from .smoothcache import SmoothCache
 from .taylorseer import TaylorSeer
 from .teacache import TeaCache
+
+__all__ = ["CacheConfig", "CachePolicy", "CacheStrategy", "Pass", "STRATEGIES"]
 
 STRATEGIES = (TeaCache, FBCache, EasyCache, MagCache, AdaCache, BWCache, SmoothCache, TaylorSeer)
 

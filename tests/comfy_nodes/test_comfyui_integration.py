@@ -47,8 +47,10 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, root: Path, custom_nodes: dict[str, Path], python: str | None = None):
+    def __init__(self, root: Path, custom_nodes: dict[str, Path], python: str | None = None,
+                 env: dict[str, str] | None = None):
         self.root = root
+        self.env = env or {}
         self.python = python or PYTHON
         self.out = root / "out"
         self.models = root / "models"
@@ -72,6 +74,7 @@ class Server:
     def start(self) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", DYNACCEL_TEST_OUT=str(self.out), PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)
+        env.update(self.env)
         cmd = [
             self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-api-nodes",
             "--database-url", "sqlite:///:memory:", "--preview-method", "none",
@@ -604,6 +607,45 @@ def test_clone_install_with_requirements_loads_without_import_failed(tmp_path):
         assert "Dynaccel_teacache" in info and "Dynaccel_Preset" in info
         log = srv.log_path.read_text()
         assert "IMPORT FAILED" not in log and "No module named" not in log, log[-3000:]
+    finally:
+        srv.stop()
+
+
+def test_a_third_party_cache_strategy_is_a_node_that_runs(tmp_path):
+    """The example plugin (every_n), installed in ComfyUI's Python beside dynaccel, is a node with no edit in dynaccel,
+    driven by the same engine: n=1 is identical to no node, n=2 computes the steps it says.
+
+    Both go to a pip ``--target`` folder on ComfyUI's PYTHONPATH (ComfyUI's own environment is untouched): the plugin,
+    and ``dynaccel`` as a link to this checkout, loaded by the one-line file in custom_nodes (the pip-install layout),
+    so the plugin's ``import dynaccel`` is the very copy that runs the nodes."""
+    site = tmp_path / "site"
+    src = tmp_path / "plugin"
+    shutil.copytree(REPO / "examples" / "dynaccel-example-plugin", src)
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
+                    "--no-build-isolation", "--target", str(site), str(src)], check=True)
+    (site / "dynaccel").symlink_to(REPO, target_is_directory=True)
+    shim = tmp_path / "shim.py"
+    shim.write_text("from dynaccel.comfy_nodes import comfy_entrypoint  # noqa: F401\n")
+    srv = Server(tmp_path / "srv", {"dynaccel_nodes.py": shim, "dynaccel_testpack": HERE / "comfy_testpack"},
+                 env={"PYTHONPATH": str(site)})
+    _make_models(srv.models)
+    srv.start()
+    try:
+        node = srv.get("/object_info")["Dynaccel_every_n"]
+        assert node["display_name"] == "dynaccel EveryN" and node["output"] == ["MODEL"]
+        n = node["input"]["optional"]["n"]
+        assert n[0] == "INT" and (n[1]["default"], n[1]["min"], n[1]["max"]) == (2, 1, 10)
+        _ok(srv.queue(workflow("base")))
+        base, base_calls = srv.record("base")
+        _ok(srv.queue(workflow("every-1", "every_n", {"n": 1})))
+        out, calls = srv.record("every-1")
+        assert torch.equal(out, base) and calls == base_calls
+        result = _ok(srv.queue(workflow("every-2", "every_n", {"n": 2})))
+        out, calls = srv.record("every-2")
+        # 10 steps: 0, 2, 4, 6, 8 and the last are computed, the odd ones reuse the step before's output
+        assert _stats_text(result).startswith("every_n: computed 6/10 steps")
+        assert calls * 10 == base_calls * 6 and not torch.equal(out, base) and torch.isfinite(out).all()
+        assert "IMPORT FAILED" not in srv.log_path.read_text() and "PluginWarning" not in srv.log_path.read_text()
     finally:
         srv.stop()
 

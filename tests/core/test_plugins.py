@@ -130,6 +130,42 @@ def test_hook_register_model_adapters(plugged):
     assert plugged.plugins["test-plugin"].adapters == ["test-linear"]
 
 
+class SurfaceAdapter(ModelAdapter):
+    """The base class of one surface's adapters (as ComfyAdapter is ComfyUI's)."""
+
+
+class SurfaceLinearAdapter(SurfaceAdapter):
+    name = "test-surface-linear"
+    architectures = ("SurfaceLinear",)
+    capabilities = frozenset()
+
+    @classmethod
+    def matches(cls, model):
+        return isinstance(model, torch.nn.Linear)
+
+
+def test_adapters_are_looked_up_among_a_surface_s_own_kind(plugged, monkeypatch):
+    class SurfacePlugin:
+        @dynaccel.hookimpl
+        def register_model_adapters(self, register):
+            register(SurfaceLinearAdapter)
+
+    plugged.add_plugin(SurfacePlugin(), name="surface-plugin")
+    linear = torch.nn.Linear(2, 2)
+    # the last registered match wins among all adapters; `among` keeps to one kind, whenever it was registered
+    assert type(plugged.find_adapter(linear)) is SurfaceLinearAdapter
+    assert plugged.adapter_classes(among=SurfaceAdapter) == [SurfaceLinearAdapter]
+    assert type(plugged.find_adapter(linear, among=SurfaceAdapter)) is SurfaceLinearAdapter
+    assert plugged.find_adapter(torch.nn.Conv1d(1, 1, 1), among=SurfaceAdapter) is None
+    blocks = plugged.strategy("noop_test")
+    monkeypatch.setattr(blocks, "needs_capabilities", frozenset({"blocks"}))
+    assert "Linear" in plugged.supported_architectures(blocks)
+    assert plugged.supported_architectures(blocks, among=SurfaceAdapter) == []
+    assert not plugged.supports(plugged.find_adapter(linear), blocks)  # the surface adapter lacks "blocks"
+    with pytest.raises(dynaccel.UnsupportedModelError, match="does not support Linear; supported architectures:"):
+        plugged.adapter_for(linear, blocks)
+
+
 def test_hook_register_presets(plugged):
     assert "noop-half" in dynaccel.list_presets()
     handle = dynaccel.enable_accel(torch.nn.Linear(2, 2), preset="noop-half")

@@ -24,3 +24,20 @@ def test_calibrate_and_the_demo_use_the_declared_knob(fresh_registry):
         return
     assert demo.sweep_field("knob_test").name == "strength"
     assert all(0.0 < v <= 2.0 for v in demo.sweep_values("knob_test"))
+
+
+@dataclass(frozen=True)
+class IntKnobConfig(StrategyConfig):
+    every: int = option(2, doc="compute one step in this many", min=1, max=10, knob=True)
+
+
+def test_an_int_knob_is_searched_and_swept_over_whole_values(fresh_registry):
+    fresh_registry.get_registry().add_plugin(stub_plugin("int_knob_test", "cache", IntKnobConfig), name="int-plugin")
+    grid = calibrate.threshold_grid("int_knob_test")
+    assert grid == sorted(set(grid)) and grid[0] == 1 and grid[-1] == 10 and all(type(v) is int for v in grid)
+    try:
+        from dynaccel.hf_integration import demo
+    except ImportError:  # the demo extra is not installed
+        return
+    values = demo.sweep_values("int_knob_test")
+    assert values == sorted(set(values)) and len(values) > 2 and all(type(v) is int and 1 <= v <= 10 for v in values)

@@ -1,103 +1,71 @@
-"""An example dynaccel plugin: ``every_n``, a fixed-interval step cache.
+"""An example dynaccel plugin: ``every_n``, a fixed-interval step cache (copy it as a template).
 
-Found by dynaccel through the entry point ``[project.entry-points.dynaccel] example = "dynaccel_example"``.
-It is a cache strategy (``family = "cache"``), so ``dynaccel bench`` runs it in its default rows and enabling it
-replaces another cache strategy, with no edit in dynaccel.
+How it plugs in:
 
-It installs through diffusers' hook API (``HookRegistry`` / ``ModelHook``), never by rebinding ``forward``:
-hooks compose with other libraries' hooks, and removing one restores exactly what was there. diffusers is imported
-when the strategy is applied, so ``import dynaccel`` stays light with this plugin installed.
+- dynaccel finds this module through the entry point ``[project.entry-points.dynaccel] example = "dynaccel_example"``
+  (pyproject.toml) and calls its ``register_strategies`` hook.
+- ``EveryN`` is a :class:`~dynaccel.plugins.cache.CacheStrategy`: a ``Config`` (the options, declared once with
+  ``option(...)``) and a ``Policy`` (when to skip). dynaccel's cache engine runs the policy: it hooks the model
+  through diffusers' hook API (never by rebinding ``forward``; ``disable_accel`` restores the plain model exactly),
+  keeps state per generation and per CFG branch, always computes the first and the last step (``compute_last``) and
+  the steps outside ``start``/``end``, and lets the second CFG branch follow the first one's decision (``cfg_sync``).
+- Because it is a policy-based cache strategy, every surface offers it with no edit in dynaccel: the Python API
+  (``pipe.enable_accel("every_n", n=2)``), ``dynaccel strategies`` and ``dynaccel bench``'s default rows, the ComfyUI
+  node ``dynaccel EveryN`` (driven by the same engine inside ComfyUI) and the Gradio demo's controls.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import dynaccel
-from dynaccel import Handle, Strategy, StrategyConfig, option
-
-HOOK_NAME = "dynaccel_example.every_n"
+from dynaccel import option
+from dynaccel.plugins.cache import CacheConfig, CachePolicy, CacheStrategy, Pass
 
 
 @dataclass(frozen=True)
-class EveryNConfig(StrategyConfig):
-    n: int = option(2, doc="compute one call in n (1: compute every call)", min=1, max=10)
+class EveryNConfig(CacheConfig):
+    quality_knob = "n"  # what `dynaccel calibrate` searches and the demo sweeps (a plain class attribute)
+
+    # every cache config has a threshold; this strategy measures nothing, so it is pinned to 0 and says so
+    threshold: float = option(
+        0.0, doc="unused by every_n (n alone decides which steps are computed); fixed at 0", min=0.0, max=0.0, step=0.01
+    )
+    n: int = option(2, doc="compute one step in n and reuse the last computed output in between (1: every step)",
+                    min=1, max=10)
 
 
-def _branch_key(args, kwargs):
-    enc = kwargs.get("encoder_hidden_states")
-    return enc.data_ptr() if isinstance(enc, torch.Tensor) else None
+class EveryNPolicy(CachePolicy):
+    """Skip the whole transformer call at steps that are not a multiple of ``n``; reuse the branch's last output."""
+
+    level = "model"  # decide per transformer call; no model adapter needed
+
+    def begin(self, p: Pass, x) -> None:
+        cached = p.branch.data.get("input_shape") == x.shape  # p.branch.data: this generation's, this CFG branch's
+        p.skip = cached and not p.forced and p.step % self.config.n != 0
+
+    def model_computed(self, p: Pass, x, out) -> None:
+        p.branch.data["input_shape"], p.branch.data["output"] = x.shape, out
+
+    def model_skip_output(self, p: Pass, x):
+        return p.branch.data["output"]
 
 
-class EveryNHandle(Handle):
-    """A diffusers ``ModelHook`` on the model; removing it (``remove_hook``) restores the plain forward.
+class EveryN(CacheStrategy):
+    """Compute every n-th step and reuse the last computed output in between (fixed interval, no criterion).
 
-    State is kept per CFG branch (keyed by the text-embedding tensor the pipeline passes for that branch) and
-    cleared whenever ``run_probe`` reports a new generation.
+    Example::
+
+        pipe.enable_accel("every_n", n=2)
     """
 
-    def __init__(self, strategy, family, target, config, run_probe):
-        from diffusers.hooks import HookRegistry, ModelHook
-
-        super().__init__(strategy, family, target, config)
-        self._probe = run_probe
-        self._token = None
-        self._reset(None)
-        handle = self
-
-        class EveryNHook(ModelHook):
-            def new_forward(self, module, hidden_states, *args, **kwargs):
-                return handle._forward(self.fn_ref.original_forward, hidden_states, *args, **kwargs)
-
-        self._registry = HookRegistry.check_if_exists_or_initialize(target)
-        self._registry.register_hook(EveryNHook(), HOOK_NAME)
-
-    def _forward(self, forward, hidden_states, *args, **kwargs):
-        token = self._probe()[0] if self._probe is not None else None
-        if token is not None and token is not self._token:
-            self._reset(None)
-            self._token = token
-        branch = self._branches.setdefault(_branch_key(args, kwargs), {"calls": 0, "last": None})
-        branch["calls"] += 1
-        self.calls += 1
-        last = branch["last"]
-        if last is not None and (branch["calls"] - 1) % self.config.n != 0 and last[0].shape == hidden_states.shape:
-            x_prev, out_prev, output = last
-            sample = hidden_states + (out_prev - x_prev)
-            return (sample,) if isinstance(output, tuple) else type(output)(sample=sample)
-        out = forward(hidden_states, *args, **kwargs)
-        sample = out[0] if isinstance(out, tuple) else out.sample
-        branch["last"] = (hidden_states, sample, out)
-        self.computed += 1
-        return out
-
-    def _remove(self):
-        self._registry.remove_hook(HOOK_NAME, recurse=False)
-
-    def _reset(self, num_steps):
-        self.calls = self.computed = 0
-        self._branches = {}
-
-    @property
-    def stats(self):
-        return {"strategy": self.strategy, "passes": self.calls, "computed": self.computed,
-                "skipped": self.calls - self.computed}
-
-
-class EveryN(Strategy):
-    """Compute every n-th transformer call and reuse the last change in between (fixed interval, no criterion)."""
-
     name = "every_n"
-    family = "cache"
     Config = EveryNConfig
-    summary = "example plugin: compute one transformer call in n, reuse the last change in between"
+    Policy = EveryNPolicy
+    summary = "example plugin: compute one step in n, reuse the last computed output in between"
     paper = "fixed-interval reuse, as in FORA (arXiv 2407.01425)"
     needs_adapter = False
-
-    def apply(self, target, config, adapter, run_probe):
-        return EveryNHandle(self.name, self.family, target, config, run_probe)
+    needs_capabilities = frozenset()
 
 
 @dynaccel.hookimpl
