@@ -9,6 +9,14 @@ custom_nodes/ folder, ComfyUI imports this same file and calls ``comfy_entrypoin
 the node module (and ComfyUI's API) only then.
 """
 
+# Loaded by ComfyUI from a cloned folder, the package runs under that folder's name: make `import dynaccel` (a
+# third-party plugin's) resolve to this very copy instead of failing or loading a second one.
+import sys as _sys  # noqa: E402
+
+from .core.package_alias import alias_as_dynaccel as _alias_as_dynaccel  # noqa: E402
+
+_alias_as_dynaccel(_sys.modules[__name__])
+
 # The built-in plugins, handed to core here. This file is the composition root: the one module that may name every
 # layer (core, the method families, the surfaces), and Python runs it before any dynaccel.* submodule, so the list is
 # in place before the registry is first built. Core itself stays a leaf that names no plugin; plugins/ holds method
