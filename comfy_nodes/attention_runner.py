@@ -32,7 +32,7 @@ import torch
 from ..core.strategy import Strategy
 from ..plugins.sparse_attention.engine import SparseAttentionEngine
 from .adapters import ComfyAdapter, attention_call, attention_output
-from .runner import KEY, _Ctx, branch_of, log_line, step_of, transformer_options_of
+from .runner import add_run_wrappers, branch_of, close_run, log_line, pass_context
 
 
 def summary_line(stats: dict[str, Any]) -> str:
@@ -78,11 +78,7 @@ class SparseAttentionAccelerator:
         try:
             return executor(*args, **kwargs)
         finally:
-            engine.finish_run()
-            stats = engine.stats()
-            stats["summary"] = summary_line(stats)
-            self.history.append(stats)
-            del self.history[:-32]
+            stats = close_run(engine, self.history, summary_line)
             log_line(f"dynaccel [node {self.node_id if self.node_id is not None else '?'}]: {stats['summary']}")
             self.engine, self.sigmas, self.branch_keys, self.layer = outer
 
@@ -90,10 +86,8 @@ class SparseAttentionAccelerator:
         engine = self.engine
         if engine is None:  # called outside a sampling run (e.g. by another node): plain compute
             return executor(*args, **kwargs)
-        opts = transformer_options_of(args, kwargs)
-        step = step_of(opts.get("sigmas"), self.sigmas)
-        n = len(self.sigmas) - 1 if len(self.sigmas) > 1 else None
-        return engine.model_forward(executor, _Ctx(branch_of(self.branch_keys, opts), step, n), args, kwargs)
+        ctx = pass_context(self.sigmas, lambda opts: branch_of(self.branch_keys, opts), args, kwargs)
+        return engine.model_forward(executor, ctx, args, kwargs)
 
     def block_call(self, layer: int, args: dict, extra: dict) -> Any:
         original = extra["original_block"]
@@ -126,20 +120,10 @@ class SparseAttentionAccelerator:
 
     def install(self, m: Any) -> None:
         """Install on ``m`` (a fresh ``model.clone()``): the two wrappers, the block marks, the override."""
-        import comfy.patcher_extension as pe  # ComfyUI is running when a node calls this
-
-        def outer_sample(executor, *args, **kwargs):
-            return self.sample(executor, *args, **kwargs)
-
-        def diffusion_model(executor, *args, **kwargs):
-            return self.diffusion_model_call(executor, *args, **kwargs)
-
         def override(func, *args, **kwargs):
             return self.attention(func, *args, **kwargs)
 
-        outer_sample.dynaccel_accelerator = self  # read by the stats node
-        m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample)
-        m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model)
+        add_run_wrappers(m, self)
         for layer, (kind, index) in enumerate(self.adapter.self_attention_blocks()):
             m.set_model_patch_replace(_block_patch(self, layer), "dit", kind, index)
         opts = m.model_options.setdefault("transformer_options", {})

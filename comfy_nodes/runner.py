@@ -179,22 +179,14 @@ class Accelerator:
         try:
             return executor(*args, **kwargs)
         finally:
-            engine.finish_run()
-            stats = engine.stats()
-            stats["summary"] = summary_line(stats)
-            self.history.append(stats)
-            del self.history[:-32]
-            self.report(stats)
+            self.report(close_run(engine, self.history, summary_line))
             self.engine, self.sigmas, self.branch_keys = outer
 
     def diffusion_model_call(self, executor: Callable, *args: Any, **kwargs: Any) -> Any:
         engine = self.engine
         if engine is None:  # called outside a sampling run (e.g. by another node): plain compute
             return executor(*args, **kwargs)
-        opts = transformer_options_of(args, kwargs)
-        step = step_of(opts.get("sigmas"), self.sigmas)
-        n = len(self.sigmas) - 1 if len(self.sigmas) > 1 else None
-        ctx = _Ctx(self._branch(opts), step, n)
+        ctx = pass_context(self.sigmas, self._branch, args, kwargs)
         self.adapter.begin_call(args, kwargs)
         return engine.model_forward(executor, ctx, args, kwargs)
 
@@ -216,6 +208,17 @@ class Accelerator:
     @property
     def last_stats(self) -> dict[str, Any] | None:
         return self.history[-1] if self.history else None
+
+
+def close_run(engine: Any, history: list[dict[str, Any]], summarise: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """End a sampling run (any family's engine): its stats with a ``summary`` line, kept in ``history`` (the last 32
+    runs, for the Stats node)."""
+    engine.finish_run()
+    stats = engine.stats()
+    stats["summary"] = summarise(stats)
+    history.append(stats)
+    del history[:-32]
+    return stats
 
 
 def summary_line(stats: dict[str, Any]) -> str:
@@ -323,13 +326,31 @@ def accelerate(model: Any, strategy_name: str, options: dict[str, Any], *, keep_
 
     Everything is validated first (:func:`make_accelerator`), so a bad input raises before anything is patched.
     """
-    import comfy.patcher_extension as pe  # ComfyUI is running when a node calls this
-
     acc = make_accelerator(model, strategy_name, options, keep_calibration=keep_calibration, node_id=node_id)
     m = fresh_clone(model)
     if not isinstance(acc, Accelerator):  # the sparse-attention runner
         acc.install(m)
         return m, acc
+
+    add_run_wrappers(m, acc)
+    if acc.policy.level in ("blocks", "per_block"):
+        for i, spec in enumerate(acc.adapter.blocks()):
+            m.set_model_patch_replace(_block_patch(acc, i), "dit", spec.kind, spec.index)
+    return m, acc
+
+
+def pass_context(sigmas: list[float], branch: Callable[[dict], str], args: tuple, kwargs: dict) -> "_Ctx":
+    """What an engine needs of one diffusion-model call: its CFG branch, its step among the run's ``sigmas`` and the
+    step count, read from ComfyUI's ``transformer_options``."""
+    opts = transformer_options_of(args, kwargs)
+    n = len(sigmas) - 1 if len(sigmas) > 1 else None
+    return _Ctx(branch(opts), step_of(opts.get("sigmas"), sigmas), n)
+
+
+def add_run_wrappers(m: Any, acc: Any) -> None:
+    """The two wrappers every runner puts on ``m``: once per sampling run (``acc.sample``, which the Stats node finds
+    through the wrapper) and around every diffusion-model call (``acc.diffusion_model_call``)."""
+    import comfy.patcher_extension as pe  # ComfyUI is running when a node calls this
 
     def outer_sample(executor, *args, **kwargs):
         return acc.sample(executor, *args, **kwargs)
@@ -340,10 +361,6 @@ def accelerate(model: Any, strategy_name: str, options: dict[str, Any], *, keep_
     outer_sample.dynaccel_accelerator = acc  # read by the stats node
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model)
-    if acc.policy.level in ("blocks", "per_block"):
-        for i, spec in enumerate(acc.adapter.blocks()):
-            m.set_model_patch_replace(_block_patch(acc, i), "dit", spec.kind, spec.index)
-    return m, acc
 
 
 def fresh_clone(model: Any) -> Any:

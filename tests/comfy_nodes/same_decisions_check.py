@@ -59,7 +59,9 @@ def to_comfy_keys(sd: dict) -> dict:
     return out
 
 
-def main() -> None:
+def side_by_side(shape: tuple[int, ...], steps: int, seed: int):
+    """One tiny diffusers Wan model and the same weights loaded by ComfyUI; returns ``(comfy_run, diffusers_run)``,
+    each ``run(strategy=None, options=None) -> (output latent, stats)`` over the same sigmas, noise and text."""
     from comfy.cli_args import args
 
     args.cpu = True
@@ -83,30 +85,30 @@ def main() -> None:
         save_file(to_comfy_keys(dmodel.state_dict()), path)
         patcher = comfy.sd.load_diffusion_model(path)
 
-    g = torch.Generator().manual_seed(SEED)
-    noise = torch.randn(1, 16, 2, 8, 8, generator=g)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(*shape, generator=g)
     cond = torch.randn(1, 8, 4096, generator=g)
-    latent = torch.zeros(1, 16, 2, 8, 8)
+    latent = torch.zeros(*shape)
     sampling = patcher.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", STEPS).float()
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", steps).float()
     base_model = patcher.model
 
-    def comfy_run(strategy=None, threshold=0.0):
-        m, acc = (patcher, None) if strategy is None else accelerate(patcher, strategy, {"threshold": threshold})
+    def comfy_run(strategy=None, options=None):
+        m, acc = (patcher, None) if strategy is None else accelerate(patcher, strategy, options)
         out = comfy.sample.sample(
-            m, noise, STEPS, 1.0, "euler", "simple", [[cond, {}]], [[cond, {}]], latent, denoise=1.0,
-            disable_pbar=True, seed=SEED,
+            m, noise, steps, 1.0, "euler", "simple", [[cond, {}]], [[cond, {}]], latent, denoise=1.0,
+            disable_pbar=True, seed=seed,
         )
         return out, acc.last_stats if acc is not None else None
 
-    def diffusers_run(strategy=None, threshold=0.0):
+    def diffusers_run(strategy=None, options=None):
         handle = None
         if strategy is not None:
-            handle = dynaccel.enable_accel(dmodel, strategy, threshold=threshold)
-            handle.reset(num_steps=STEPS)
+            handle = dynaccel.enable_accel(dmodel, strategy, **options)
+            handle.reset(num_steps=steps)
         x = sampling.noise_scaling(sigmas[0], noise, base_model.process_latent_in(latent))
         with torch.no_grad():
-            for i in range(STEPS):
+            for i in range(steps):
                 s = sigmas[i]
                 v = dmodel(hidden_states=x, timestep=(s * 1000).reshape(1), encoder_hidden_states=cond, return_dict=False)[0]
                 x = x + (sigmas[i + 1] - s) * v
@@ -115,12 +117,20 @@ def main() -> None:
             dynaccel.disable_accel(dmodel)
         return base_model.process_latent_out(x), stats
 
+    return comfy_run, diffusers_run
+
+
+def main() -> None:
+    import dynaccel
+
+    comfy_run, diffusers_run = side_by_side((1, 16, 2, 8, 8), STEPS, SEED)
+
     plain_c, _ = comfy_run()
     plain_d, _ = diffusers_run()
     report = {"dynaccel_file": dynaccel.__file__, "plain_rel_diff": float((plain_c - plain_d).norm() / plain_d.norm()), "cases": []}
     for strategy, threshold in CASES:
-        out_c, stats_c = comfy_run(strategy, threshold)
-        out_d, stats_d = diffusers_run(strategy, threshold)
+        out_c, stats_c = comfy_run(strategy, {"threshold": threshold})
+        out_d, stats_d = diffusers_run(strategy, {"threshold": threshold})
         report["cases"].append({
             "strategy": strategy,
             "threshold": threshold,

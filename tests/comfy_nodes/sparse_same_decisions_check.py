@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 
 import torch
 
-from same_decisions_check import to_comfy_keys
+from same_decisions_check import side_by_side
 
 STEPS = 6
 SEED = 3
@@ -39,61 +38,10 @@ KEYS = ("sparse_calls", "dense_calls", "mean_density", "density_per_step", "spat
 
 
 def main() -> None:
-    from comfy.cli_args import args
-
-    args.cpu = True
-    import comfy.sample
-    import comfy.samplers
-    import comfy.sd
-    from diffusers import WanTransformer3DModel
-    from safetensors.torch import save_file
-
     import dynaccel
-    from dynaccel.comfy_nodes.runner import accelerate
 
-    torch.manual_seed(0)
-    dmodel = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128, in_channels=16, out_channels=16,
-        text_dim=4096, freq_dim=256, ffn_dim=256, num_layers=3, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-    ).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/shared_wan.safetensors"
-        save_file(to_comfy_keys(dmodel.state_dict()), path)
-        patcher = comfy.sd.load_diffusion_model(path)
-
-    g = torch.Generator().manual_seed(SEED)
-    shape = (1, 16, 3, 16, 16)  # token grid (3, 8, 8): 192 video tokens
-    noise = torch.randn(*shape, generator=g)
-    cond = torch.randn(1, 8, 4096, generator=g)
-    latent = torch.zeros(*shape)
-    sampling = patcher.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", STEPS).float()
-    base_model = patcher.model
-
-    def comfy_run(strategy=None, options=None):
-        m, acc = (patcher, None) if strategy is None else accelerate(patcher, strategy, options)
-        out = comfy.sample.sample(
-            m, noise, STEPS, 1.0, "euler", "simple", [[cond, {}]], [[cond, {}]], latent, denoise=1.0,
-            disable_pbar=True, seed=SEED,
-        )
-        return out, acc.last_stats if acc is not None else None
-
-    def diffusers_run(strategy=None, options=None):
-        handle = None
-        if strategy is not None:
-            handle = dynaccel.enable_accel(dmodel, strategy, **options)
-            handle.reset(num_steps=STEPS)
-        x = sampling.noise_scaling(sigmas[0], noise, base_model.process_latent_in(latent))
-        with torch.no_grad():
-            for i in range(STEPS):
-                s = sigmas[i]
-                v = dmodel(hidden_states=x, timestep=(s * 1000).reshape(1), encoder_hidden_states=cond, return_dict=False)[0]
-                x = x + (sigmas[i + 1] - s) * v
-        stats = handle.stats if handle is not None else None
-        if handle is not None:
-            dynaccel.disable_accel(dmodel)
-        return base_model.process_latent_out(x), stats
+    # token grid (3, 8, 8): 192 video tokens
+    comfy_run, diffusers_run = side_by_side((1, 16, 3, 16, 16), STEPS, SEED)
 
     def rel(a, b):
         return float((a - b).norm() / b.norm())

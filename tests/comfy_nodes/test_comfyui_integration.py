@@ -719,31 +719,31 @@ def test_sparse_attention_dense_settings_are_identical_and_a_sparse_one_computes
     assert f"dynaccel [node 3]: {name}: " in server.log_path.read_text()[log_before:]  # the per-run log line
 
 
-def test_sparse_attention_on_the_wan22_layout(server):
-    """Wan 2.2 (TI2V-5B layout, 48 latent channels) is the same WanModel class: dense is identical, sparse runs."""
-    kw = dict(unet="tiny_wan22.safetensors", latent=SPARSE_LATENT)
-    _ok(server.queue(workflow("wan22-sparse-base", **kw)))
-    base, base_calls = server.record("wan22-sparse-base")
-    _ok(server.queue(workflow("wan22-st-dense", "sliding_tile", {"dense_steps": 10}, **kw)))
-    assert torch.equal(server.record("wan22-st-dense")[0], base)
-    result = _ok(server.queue(workflow("wan22-st-sparse", "sliding_tile", SPARSE_CASES["sliding_tile"][1], **kw)))
-    out, calls = server.record("wan22-st-sparse")
+def _plain_dense_sparse(server, prefix, strategy, **kw):
+    """Queue the plain workflow, ``strategy`` kept dense (bit-identical to plain) and at its sparse case; returns
+    (plain output, the sparse output, the sparse run's stats) after checking what every such run must show."""
+    _ok(server.queue(workflow(f"{prefix}-base", **kw)))
+    base, base_calls = server.record(f"{prefix}-base")
+    _ok(server.queue(workflow(f"{prefix}-dense", strategy, {"dense_steps": 10}, **kw)))
+    assert torch.equal(server.record(f"{prefix}-dense")[0], base)
+    result = _ok(server.queue(workflow(f"{prefix}-sparse", strategy, SPARSE_CASES[strategy][1], **kw)))
+    out, calls = server.record(f"{prefix}-sparse")
     stats = _run_stats(result)
     assert stats["sparse_calls"] > 0 and stats["mean_density"] < 1.0 and calls == base_calls, stats
+    return base, out, stats
+
+
+def test_sparse_attention_on_the_wan22_layout(server):
+    """Wan 2.2 (TI2V-5B layout, 48 latent channels) is the same WanModel class: dense is identical, sparse runs."""
+    base, out, _ = _plain_dense_sparse(server, "wan22-st", "sliding_tile", unet="tiny_wan22.safetensors",
+                                       latent=SPARSE_LATENT)
     assert 0 < float((out - base).norm() / base.norm()) < 0.05
 
 
 def test_sparse_attention_with_a_batch_of_two(server):
     """Batch 2 with cfg 5: ComfyUI runs cond and uncond of both samples as one batch of 4 per attention call."""
-    kw = dict(batch=2, latent=SPARSE_LATENT)
-    _ok(server.queue(workflow("sparse-b2-base", **kw)))
-    base, base_calls = server.record("sparse-b2-base")
-    _ok(server.queue(workflow("sparse-b2-dense", "pasa", {"dense_steps": 10}, **kw)))
-    assert torch.equal(server.record("sparse-b2-dense")[0], base)
-    result = _ok(server.queue(workflow("sparse-b2-on", "pasa", SPARSE_CASES["pasa"][1], **kw)))
-    out, calls = server.record("sparse-b2-on")
-    stats = _run_stats(result)
-    assert out.shape[0] == 2 and calls == base_calls and stats["sparse_calls"] > 0 and stats["mean_density"] < 1.0
+    base, out, _ = _plain_dense_sparse(server, "sparse-b2", "pasa", batch=2, latent=SPARSE_LATENT)
+    assert out.shape[0] == 2
     for i in range(2):  # each sample stays close to its own plain output
         assert 0 < float((out[i] - base[i]).norm() / base[i].norm()) < 0.05
 
