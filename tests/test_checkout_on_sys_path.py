@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # what transformers sees of the Hugging Face `kernels` distribution (a dependency of transformers 5.25), and where
@@ -22,6 +24,7 @@ def _probe(cwd: Path) -> tuple[str, str]:
     return available, origin
 
 
+@pytest.mark.slow  # subprocesses or a real run: out of the inner loop; CI runs it
 def test_transformers_imports_with_the_repo_root_as_working_directory(tmp_path):
     # our kernels/ folder is a namespace package without __init__.py: it must never pass for the `kernels`
     # distribution, whether that is installed (then the installed one wins) or not (then it is not found)

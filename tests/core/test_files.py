@@ -70,6 +70,7 @@ def test_a_preset_path_linked_to_dev_zero_through_enable_accel(tmp_path):
     assert f"larger than {MAX_FILE_BYTES} bytes" in out.stdout and "zero.json" in out.stdout
 
 
+@pytest.mark.slow  # subprocesses or a real run: out of the inner loop; CI runs it
 @needs_dev_zero
 @pytest.mark.parametrize("strategy,option", [("magcache", "ratios_path"), ("smoothcache", "calibration_path")])
 def test_a_calibration_file_linked_to_dev_zero_is_refused(tmp_path, strategy, option):

@@ -24,6 +24,7 @@ def _generate(pipe):
                 output_type="latent", **CALL).frames
 
 
+@pytest.mark.slow  # subprocesses or a real run: out of the inner loop; CI runs it
 @pytest.mark.parametrize("strategy", ["teacache", "magcache", "fbcache"])
 def test_calibrated_preset_meets_the_target_and_loads(folder, tmp_path, capsys, strategy):
     out = tmp_path / "presets" / f"{strategy}.json"

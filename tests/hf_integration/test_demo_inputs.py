@@ -102,6 +102,7 @@ def test_the_demo_uses_no_private_bench_helper():
     assert private == []
 
 
+@pytest.mark.slow  # subprocesses or a real run: out of the inner loop; CI runs it
 def test_the_media_folder_goes_on_sigterm(tmp_path):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path),

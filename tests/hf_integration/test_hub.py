@@ -190,6 +190,7 @@ OFFLINE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # subprocesses or a real run: out of the inner loop; CI runs it
 def test_offline_use_from_the_huggingface_hub_cache(fake_hub, tmp_path):
     cache = tmp_path / "hf-cache"
     hub.push_presets("org/presets", ["tiny-wan-magcache", "tiny-wan-teacache"], endpoint=fake_hub.url)
