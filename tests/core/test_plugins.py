@@ -273,17 +273,18 @@ def test_allow_list_loads_only_the_named_plugins():
     ]
 
 
-def test_import_needs_no_diffusers_triton_or_comfyui():
+def test_import_needs_no_diffusers_triton_comfyui_or_simulator():
+    heavy = ('diffusers', 'triton', 'comfy', 'transformers', 'metaworld', 'mujoco', 'gymnasium')
     code = (
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('diffusers', 'triton', 'comfy', 'transformers'):\n"
+        f"        if name.split('.')[0] in {heavy!r}:\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import dynaccel\n"
+        "import dynaccel, dynaccel.zoo, dynaccel.zoo.robot_tasks\n"
         "print(dynaccel.list_strategies(), dynaccel.comfy_entrypoint)\n"
-        "assert not any(m.split('.')[0] in ('diffusers', 'triton', 'comfy') for m in sys.modules)\n"
+        f"assert not any(m.split('.')[0] in {heavy!r} for m in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
