@@ -13,29 +13,18 @@ os.environ.setdefault("MUJOCO_GL", "osmesa")  # before anything imports mujoco
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import importlib.util  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from robot_sim import require_simulator  # noqa: E402
 
 from dynaccel.zoo import robot_tasks as rt  # noqa: E402
 
 
-def _simulator_missing() -> str | None:
-    if importlib.util.find_spec("metaworld") is None:
-        return "Meta-World is not installed (pip install -c constraints.txt -e '.[vla]')"
-    if os.environ.get("MUJOCO_GL") == "osmesa" and not rt.osmesa_available():
-        return "OSMesa is missing for headless rendering (apt-get install -y libosmesa6)"
-    return None
-
 
 @pytest.fixture(scope="module")
 def sim():
-    missing = _simulator_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}; .ci/run installs it", pytrace=False)
-        pytest.skip(missing)
+    require_simulator()
     with rt.RobotSim() as s:
         yield s
 

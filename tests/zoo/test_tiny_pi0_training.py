@@ -10,10 +10,10 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")  # before anything imports mujoco
 
-import importlib.util  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from robot_sim import require_simulator  # noqa: E402
 import torch  # noqa: E402
 
 pytest.importorskip("transformers")
@@ -31,21 +31,10 @@ def _quiet(*a, **k):
     pass
 
 
-def _simulator_missing() -> str | None:
-    if importlib.util.find_spec("metaworld") is None:
-        return "Meta-World is not installed (pip install -c constraints.txt -e '.[vla]')"
-    if os.environ.get("MUJOCO_GL") == "osmesa" and not rt.osmesa_available():
-        return "OSMesa is missing for headless rendering (apt-get install -y libosmesa6)"
-    return None
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    missing = _simulator_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}; .ci/run installs it", pytrace=False)
-        pytest.skip(missing)
+    require_simulator()
     folder = str(tmp_path_factory.mktemp("pi0-data"))
     return tp.load_data(folder, rt.fit_seeds(1), max_steps=12, progress=False)
 
