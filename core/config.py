@@ -23,7 +23,7 @@ surface offers the nearest value inside instead (:meth:`FieldSpec.offered_range`
 
 The quality knob: the one option that trades speed for quality (what ``dynaccel calibrate`` searches, what the
 demo sweeps) is declared with ``option(..., knob=True)`` or by the class variable ``quality_knob = "name"``;
-surfaces ask :meth:`StrategyConfig.quality_knob`.
+surfaces ask :meth:`StrategyConfig.quality_knob_field`.
 
 Conversion: every value a surface receives goes through :meth:`StrategyConfig.parse_options` (one field at a time:
 :meth:`FieldSpec.parse`): CLI text (``"0.1"``, ``"true"``), whole floats from sliders for int fields, ints for
