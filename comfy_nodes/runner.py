@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.adapters import ModelAdapter
 from ..core.errors import ConfigError, UnsupportedModelError
 from ..core.registry import get_registry
 from ..core.strategy import Strategy
@@ -305,13 +306,13 @@ def adapter_for(cls: type[Strategy], dm: torch.nn.Module, strategy_name: str) ->
     return adapter
 
 
-class _ModelOnly:
-    """The adapter of a model-level strategy on a model without an adapter: it is told of calls and nothing else."""
+class _ModelOnly(ModelAdapter):
+    """The adapter of a model-level strategy on a model without an adapter: it is told of calls and nothing else
+    (the base class's answers: no step context, the model's own input and output)."""
 
+    name = "comfy-model-only"
+    architectures = ()
     inplace_blocks = False
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
 
     def begin_call(self, args: tuple, kwargs: dict) -> None:
         pass

@@ -24,6 +24,9 @@ DECODER_LAYERS = "decoder_layers"  # the language model's decoder layers, their 
 VISUAL_TOKENS = "visual_tokens"  # which input positions hold visual (image or video) tokens
 VISION_SCORES = "vision_scores"  # the vision-encoder attention that ranks visual tokens (VisionZip)
 VISUAL_FRAMES = "visual_frames"  # visual tokens grouped into same-size frames (DyCoke's temporal merging)
+#: capability names used by the VLA family (and the cache family on a policy's action expert)
+DENOISER_CALLS = "denoiser_calls"  # the model is called once per denoising step outside a diffusers pipeline
+FLOW_POLICY = "flow_policy"  # a flow-matching chunking policy: sampling method, chunk, prefix, action expert
 
 
 @dataclass
@@ -190,6 +193,29 @@ class ModelAdapter:
         one size), or None when the prompt has fewer than two frames. ``chunks``: LLM tokens per vision-encoder
         attention call, in encoding order, for encoders that attend within one frame at a time."""
         return None
+
+    # -- denoisers called outside diffusers pipelines (a policy's action expert) ----------------------------------
+
+    def call_context(self, args: tuple, kwargs: dict) -> Any:
+        """When no diffusers cache context is set: an object with ``name``, ``step_index``,
+        ``num_inference_steps`` and ``timestep`` for this model call (None: a bare call)."""
+        return None
+
+    def denoiser_input(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The noisy sample a model call denoises (None: the ``hidden_states`` argument)."""
+        return None
+
+    def denoiser_output(self, out: Any) -> torch.Tensor | None:
+        """The prediction in a model call's output (None: its ``sample`` or first element)."""
+        return None
+
+    def with_denoiser_output(self, out: Any, sample: torch.Tensor) -> Any:
+        """A copy of output ``out`` holding ``sample`` as its prediction (with :meth:`denoiser_output`)."""
+        raise NotImplementedError
+
+    def block_skipped(self, index: int, args: tuple, kwargs: dict) -> None:
+        """Block ``index`` of :meth:`blocks` was not run in this pass: do what it owes its callers besides its
+        output (e.g. KV-cache entries the model crops afterwards). Default: nothing."""
 
     def model_id(self) -> str | None:
         cfg = getattr(self.model, "config", None)

@@ -30,7 +30,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ...core.adapters import BLOCKS
+from ...core.adapters import BLOCKS, ModelAdapter
 from ...core.config import StrategyConfig, option
 from ...core.errors import ConfigError, DynaccelError
 from ...core.strategy import RunProbe, Strategy
@@ -197,6 +197,13 @@ def _sample_of(out: Any) -> torch.Tensor:
     raise DynaccelError(f"cache: cannot read the sample of a model output of type {type(out).__name__}")
 
 
+class _Plain(ModelAdapter):
+    """The defaults of :class:`ModelAdapter` for a model-level policy on a model without an adapter."""
+
+    name = "plain"
+    architectures = ()
+
+
 class CacheEngine(Engine):
     """Runs one policy on one model.
 
@@ -213,6 +220,8 @@ class CacheEngine(Engine):
         self.config: CacheConfig = policy.config
         self.current: Pass | None = None
         self.specs = policy.adapter.blocks() if policy.level in ("blocks", "per_block") else []
+        #: how model calls read (step context, input, output, skipped blocks): the adapter, or the defaults
+        self.io: ModelAdapter = policy.adapter if policy.adapter is not None else _Plain(model)
         self.tracker: RunTracker[RunState] = RunTracker(
             probe,
             make_run=lambda token, n: RunState(token, n, reused_per_block=[0] * len(self.specs)),
@@ -237,7 +246,7 @@ class CacheEngine(Engine):
     # ---- installation -------------------------------------------------------------------------------------------
     def install(self) -> None:
         """Hook the model and its blocks. A failure part-way is undone by :func:`install_or_roll_back`."""
-        if self.specs:
+        if self.policy.adapter is not None and (self.specs or self.policy.level == "model"):
             self.policy.adapter.attach()
             self._attached = True
         try:
@@ -306,6 +315,8 @@ class CacheEngine(Engine):
 
     # ---- forwards -----------------------------------------------------------------------------------------------
     def model_forward(self, orig: Callable, ctx: Any, args: tuple, kwargs: dict) -> Any:
+        if ctx is None:  # no diffusers pipeline: the adapter may know the step (a policy's sampling loop)
+            ctx = self.io.call_context(args, kwargs)
         name, ctx_step, ctx_steps, timestep = diffusers_hooks.context_fields(ctx)
         call = self.tracker.observe(name, step=ctx_step, num_steps=ctx_steps, timestep=timestep)
         run, b, step = call.run, call.branch, call.step
@@ -313,15 +324,15 @@ class CacheEngine(Engine):
         self.current = p
         try:
             if self.policy.level == "model":
-                x = _hidden_states_arg(args, kwargs)
+                x = self._model_input(args, kwargs)
                 self.policy.begin(p, x)
                 self._sync(p)
                 if p.skip:
-                    out = _replace_sample(b.data["last_output"], self.policy.model_skip_output(p, x))
+                    out = self._with_sample(b.data["last_output"], self.policy.model_skip_output(p, x))
                 else:
                     out = orig(*args, **kwargs)
                     b.data["last_output"] = out
-                    self.policy.model_computed(p, x, _sample_of(out))
+                    self.policy.model_computed(p, x, self._sample(out))
             else:
                 self.policy.begin(p, None)
                 self._sync(p)
@@ -334,6 +345,24 @@ class CacheEngine(Engine):
             b.skipped_steps.append(step)
         else:
             b.computed += 1
+        return out
+
+    def _model_input(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        x = self.io.denoiser_input(args, kwargs)
+        return x if x is not None else _hidden_states_arg(args, kwargs)
+
+    def _sample(self, out: Any) -> torch.Tensor:
+        sample = self.io.denoiser_output(out)
+        return sample if sample is not None else _sample_of(out)
+
+    def _with_sample(self, out: Any, sample: torch.Tensor) -> Any:
+        if self.io.denoiser_output(out) is not None:
+            return self.io.with_denoiser_output(out, sample)
+        return _replace_sample(out, sample)
+
+    def _skipped(self, i: int, args: tuple, kwargs: dict, out: Any) -> Any:
+        """Block ``i`` does not run: the adapter settles what it owes besides its output; returns ``out``."""
+        self.io.block_skipped(i, args, kwargs)
         return out
 
     def block_forward(self, i: int, orig: Callable, args: tuple, kwargs: dict) -> Any:
@@ -351,7 +380,8 @@ class CacheEngine(Engine):
                 self.policy.before_block0(p, spec, args, kwargs)
                 self._sync(p)
             if p.skip:
-                return spec.pack(*self._reuse(p, hs, enc)) if last else spec.pack(hs, enc)
+                return self._skipped(i, args, kwargs,
+                                     spec.pack(*self._reuse(p, hs, enc)) if last else spec.pack(hs, enc))
             out = orig(*args, **kwargs)
             if self.policy.anchor == "block0":
                 ohs, oenc = spec.outputs(out)
@@ -365,7 +395,7 @@ class CacheEngine(Engine):
             return out
         if p.skip:
             hs, enc = spec.inputs(args, kwargs)
-            return spec.pack(*self._reuse(p, hs, enc)) if last else spec.pack(hs, enc)
+            return self._skipped(i, args, kwargs, spec.pack(*self._reuse(p, hs, enc)) if last else spec.pack(hs, enc))
         out = orig(*args, **kwargs)
         if last:
             self._store(p, *spec.outputs(out))
@@ -416,7 +446,7 @@ class CacheEngine(Engine):
             self.run.reused_per_block[i] += 1
             res_hs, res_enc = cached
             new_enc = kernels.residual_add(enc, res_enc) if enc is not None and res_enc is not None else enc
-            return spec.pack(kernels.residual_add(hs, res_hs), new_enc)
+            return self._skipped(i, args, kwargs, spec.pack(kernels.residual_add(hs, res_hs), new_enc))
         out = orig(*args, **kwargs)
         ohs, oenc = spec.outputs(out)
         res_hs = ohs - hs

@@ -261,10 +261,12 @@ def _strategies_with_env(**env):
 
 def test_block_list_switches_off_a_builtin_plugin():
     assert _strategies_with_env(DYNACCEL_BLOCK_PLUGINS="dynaccel.cache,dynaccel.sparse_attention,dynaccel.token_pruning,"
-                                                       "dynaccel.early_exit") == []
-    assert _strategies_with_env(DYNACCEL_BLOCK_PLUGINS="dynaccel.cache,dynaccel.sparse_attention") == [
+                                                       "dynaccel.early_exit,dynaccel.vla") == []
+    assert _strategies_with_env(DYNACCEL_BLOCK_PLUGINS="dynaccel.cache,dynaccel.sparse_attention,dynaccel.vla") == [
         "dycoke", "fastv", "layer_skip", "sliminfer", "visionzip", "visual_exit"
     ]
+    assert _strategies_with_env(DYNACCEL_BLOCK_PLUGINS="dynaccel.cache,dynaccel.sparse_attention,dynaccel.token_pruning,"
+                                                       "dynaccel.early_exit") == ["denoise_steps", "vla_cache"]
 
 
 def test_allow_list_loads_only_the_named_plugins():
