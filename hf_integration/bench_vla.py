@@ -211,8 +211,9 @@ def jerk(actions: np.ndarray) -> float:
 
 def run(model: str, rows: Sequence[RowSpec], *, episodes: int = DEFAULT_EPISODES, tasks: Sequence[str] | None = None,
         control_hz: float = DEFAULT_CONTROL_HZ, realtime_episodes: int = 1, threads: int = 1, progress: bool = True,
-        heldout_start: int = 0) -> list[VlaRow]:
-    """Run every row on ``episodes`` held-out episodes per task; see the module docstring for the columns."""
+        seeds: Sequence[int] | None = None, policy: Any = None) -> list[VlaRow]:
+    """Run every row on ``episodes`` held-out episodes per task (or on ``seeds``: calibration passes fit seeds);
+    see the module docstring for the columns. ``policy``: an already loaded ``Pi0Policy`` of ``model``."""
     import torch
 
     import dynaccel
@@ -224,17 +225,17 @@ def run(model: str, rows: Sequence[RowSpec], *, episodes: int = DEFAULT_EPISODES
     if not (control_hz > 0 and math.isfinite(control_hz)):
         raise ConfigError(f"control_hz must be a positive number, got {control_hz}")
     torch.set_num_threads(threads)
-    folder = resolve_policy(model)
-    policy = tp.Pi0Policy.from_pretrained(str(folder))
+    if policy is None:
+        policy = tp.Pi0Policy.from_pretrained(str(resolve_policy(model)))
     tasks = [rt.task(t).name for t in (tasks or rt.TASK_NAMES)]
-    seeds = rt.heldout_seeds(episodes, start=heldout_start)
+    seeds = list(seeds) if seeds is not None else rt.heldout_seeds(episodes)
     for spec in rows:  # every setting checked on the model before anything runs
         _enable(policy.model, spec)
         dynaccel.disable_accel(policy.model)
     out: list[VlaRow] = []
     from tqdm.auto import tqdm
 
-    total = len(rows) * len(tasks) * (episodes + realtime_episodes)
+    total = len(rows) * len(tasks) * (len(seeds) + realtime_episodes)
     bar = tqdm(total=total, desc="bench episodes", unit="ep", disable=not progress)
     with rt.RobotSim() as sim:
         for spec in rows:
