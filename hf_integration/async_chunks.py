@@ -507,13 +507,11 @@ def run_realtime(executor_or_policy: AsyncChunkExecutor | Callable[[Any], Any], 
 def _loop(executor: AsyncChunkExecutor, env: Any, tick: float, max_steps: int) -> RealtimeResult:
     clock = executor.clock
     start = clock.now()
-    next_tick = start
     actions, times = [], []
     success = False
     for index in range(max_steps):
         action = executor.wait_for_action(env.observe, index)
-        began = max(clock.now(), next_tick)
-        clock.sleep_until(began)
+        began = clock.now()  # the previous tick is over (slept below); later if the robot waited for this action
         times.append(began - start)
         actions.append(action)
         succeeded, done = env.step(action)
