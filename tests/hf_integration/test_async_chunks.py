@@ -342,3 +342,18 @@ def test_reset_starts_a_new_episode():
     ex.reset()
     assert ex.pending == 0 and ex.stats.chunks_requested == 0 and ex.chunk_size is None
     assert ex.wait_for_action(PointEnv().observe, 0).tolist() == [0.05, 0]  # step 0 again, from a new chunk
+
+
+# ------------------------------------------------------------------------------------------------- the docs
+
+
+def test_the_docs_example_runs_and_prints_what_the_docs_show(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "vla_async.md").read_text()
+    example = text.split("## Example\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", example, re.S).group(1)
+    shown = re.search(r"It prints:\n\n```\n(.*?)```", example, re.S).group(1)
+    exec(compile(code, "docs/vla_async.md", "exec"), {})
+    assert capsys.readouterr().out == shown
