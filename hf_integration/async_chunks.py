@@ -37,7 +37,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -155,6 +154,10 @@ def as_action_chunk(value: Any) -> np.ndarray:
         raise ValueError(f"the policy returned an array of shape {tuple(chunk.shape)}; {expected}")
     if chunk.shape[0] == 0 or chunk.shape[1] == 0:
         raise ValueError(f"the policy returned an empty action chunk (shape {tuple(chunk.shape)}); {expected}")
+    if not np.isfinite(chunk).all():
+        bad = int((~np.isfinite(chunk)).any(axis=1).sum())
+        raise ValueError(f"the policy returned non-finite actions (NaN or inf in {bad} of {chunk.shape[0]} "
+                         f"actions); a robot cannot execute them")
     return chunk
 
 
@@ -228,7 +231,6 @@ class AsyncChunkExecutor:
         self._simulated = simulated
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
-        self._lock = threading.Lock()
         self.reset()
 
     # ---- episode state
@@ -346,9 +348,9 @@ class AsyncChunkExecutor:
             value = key(observation)
         elif isinstance(key, str):
             if not isinstance(observation, Mapping) or key not in observation:
+                keys = f" with keys {', '.join(map(str, observation))}" if isinstance(observation, Mapping) else ""
                 raise ValueError(f"similarity_key={key!r} is not in the observation (got "
-                                 f"{type(observation).__name__}"
-                                 f"{' with keys ' + ', '.join(map(str, observation)) if isinstance(observation, Mapping) else ''})")
+                                 f"{type(observation).__name__}{keys})")
             value = observation[key]
         else:
             value = observation

@@ -224,7 +224,8 @@ def test_similarity_key_missing_from_the_observation_is_named():
     (np.zeros((2, 3, 4)), r"array of shape \(2, 3, 4\); a chunking policy must return an array of shape \(k >= 1"),
     (np.zeros(()), r"array of shape \(\)"),
     ("left", r"returned str, not numbers"),
-], ids=["None", "empty", "3-D", "scalar", "str"])
+    (np.array([[0.1], [np.nan]]), r"non-finite actions \(NaN or inf in 1 of 2 actions\)"),
+], ids=["None", "empty", "3-D", "scalar", "str", "NaN"])
 @pytest.mark.parametrize("mode", ["simulated", "thread"])
 def test_a_policy_returning_no_chunk_raises_saying_what_it_returned(returned, message, mode):
     clock = SimulatedClock() if mode == "simulated" else RealClock()
@@ -290,7 +291,8 @@ def test_thread_mode_in_real_time_keeps_the_order_and_runs_the_policy_in_the_wor
         result = run_realtime(ex, PointEnv(), control_hz=200, max_steps=30)
     assert result.steps == 30
     assert_each_step_once_in_order(result)
-    assert result.inferences == len(calls) >= 30 // 6
+    # close() may cancel a request the worker had not started yet
+    assert result.stats.chunks_received <= len(calls) <= result.inferences and len(calls) >= 30 // 6
     assert all(name.startswith(WORKER_THREAD_PREFIX) for _, name in calls)
     assert [step for step, _ in calls] == sorted(step for step, _ in calls)
 
