@@ -309,6 +309,37 @@ def test_a_bare_policy_runs_async_in_a_thread_or_as_the_synchronous_baseline():
     assert not any(t.name.startswith(WORKER_THREAD_PREFIX) for t in threading.enumerate())  # closed by the loop
 
 
+def test_the_queue_keeps_running_while_the_worker_computes_the_next_chunk():
+    release = threading.Event()
+
+    def policy(obs):
+        if obs["step"] > 0:
+            assert release.wait(10), "never released"
+        return np.array([[0.0, obs["step"] + j] for j in range(4)])
+
+    def observe_at(i):
+        return lambda: {"position": np.zeros(1), "step": i}
+
+    with AsyncChunkExecutor(policy, chunk_threshold=0.5, mode="thread") as ex:
+        assert ex.wait_for_action(observe_at(0), 0)[1] == 0
+        assert ex.step(observe_at(1), 1)[1] == 1
+        assert ex.step(observe_at(2), 2)[1] == 2  # 2 left = g*k: the next request goes; the policy now blocks
+        assert ex.stats.chunks_requested == 2
+        assert ex.step(observe_at(3), 3)[1] == 3  # served from the queue while the worker is busy
+        assert ex.step(observe_at(4), 4) is None and ex.stats.waits == 2  # step 0 waited too
+        release.set()
+        assert ex.wait_for_action(observe_at(4), 4)[1] == 4
+        assert ex.stats.actions_dropped == 2  # the new chunk's steps 2 and 3 were already executed
+
+
+def test_the_module_docstring_example_runs():
+    import doctest
+
+    from dynaccel.hf_integration import async_chunks
+
+    assert doctest.testmod(async_chunks).failed == 0
+
+
 def _workers():
     return [t for t in threading.enumerate() if t.name.startswith(WORKER_THREAD_PREFIX) and t.is_alive()]
 
