@@ -529,3 +529,149 @@ def _loop(executor: AsyncChunkExecutor, env: Any, tick: float, max_steps: int) -
         control_hz_reached=len(actions) / seconds if seconds > 0 else math.inf,
         inferences=stats.chunks_requested, actions=np.stack(actions), step_times=np.asarray(times),
         waits=stats.waits, wait_seconds=stats.wait_seconds, stats=stats)
+
+
+# ----------------------------------------------------------------------------------------------- process policy
+
+
+def _send_frame(stream: Any, obj: Any) -> None:
+    import pickle
+
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(len(data).to_bytes(8, "little") + data)
+    stream.flush()
+
+
+def _recv_frame(stream: Any) -> Any:
+    import pickle
+
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError("the policy process closed its pipe")
+    size = int.from_bytes(head, "little")
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("the policy process closed its pipe")
+    return pickle.loads(data)
+
+
+def _serve_stdio() -> None:
+    """The child process of :class:`ProcessPolicy`: read the factory, build the policy, answer observations."""
+    import os
+    import sys
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # prints of the policy must not corrupt the frames
+    try:
+        factory = _recv_frame(stdin)
+        policy = factory()
+    except BaseException as exc:  # the parent raises it
+        _send_frame(stdout, ("error", f"{type(exc).__name__}: {exc}"))
+        return
+    _send_frame(stdout, ("ready", os.getpid()))
+    while True:
+        try:
+            message = _recv_frame(stdin)
+        except EOFError:
+            return
+        if message is None:
+            return
+        try:
+            out = policy(message)
+            if hasattr(out, "detach"):  # a torch tensor: send an array
+                out = out.detach().cpu().numpy()
+            _send_frame(stdout, ("ok", out))
+        except BaseException as exc:
+            _send_frame(stdout, ("error", f"{type(exc).__name__}: {exc}"))
+
+
+class ProcessPolicy:
+    """A chunking policy that runs in its own process: ``ProcessPolicy(factory)(observation)`` sends the
+    observation (pickled, over a pipe) to a child Python process that built the policy with ``factory()``, and
+    returns its answer.
+
+    Handing it to :class:`AsyncChunkExecutor` gives the process variant of the executor: the worker thread only
+    waits on a pipe, so the policy's Python work never competes with the control loop for the interpreter lock (a
+    separate policy server, as in lerobot's async inference, without a network). ``factory`` must be picklable: a
+    module-level function, or ``functools.partial`` of one. The child is a fresh interpreter started with this
+    process's ``sys.path`` (no ``if __name__ == "__main__"`` guard needed in the caller's script); ``close()`` (or
+    ``with``) stops it.
+
+        from functools import partial
+        with ProcessPolicy(partial(build_my_policy, "path/to/folder")) as remote, \\
+                AsyncChunkExecutor(remote) as executor:
+            run_realtime(executor, env, control_hz=50, max_steps=200)
+    """
+
+    def __init__(self, factory: Callable[[], Callable[[Any], Any]], start_timeout: float = 300.0):
+        import os
+        import pickle
+        import select
+        import subprocess
+        import sys
+        import threading
+
+        if not callable(factory):
+            raise ValueError(f"factory={factory!r} is not accepted; accepted: a picklable callable that returns the "
+                             "policy (a module-level function or functools.partial of one)")
+        try:
+            pickle.dumps(factory)
+        except Exception as exc:
+            raise ValueError(f"factory={factory!r} cannot be sent to another process ({exc}); accepted: a module-"
+                             "level function or functools.partial of one") from exc
+        self._lock = threading.Lock()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        package = __name__.rsplit(".hf_integration", 1)[0]
+        code = f"import {package}.hf_integration.async_chunks as m; m._serve_stdio()"
+        self._process: Any = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, env=env)
+        try:
+            _send_frame(self._process.stdin, factory)
+            ready, _, _ = select.select([self._process.stdout], [], [], start_timeout)
+            if not ready:
+                raise RuntimeError(f"the policy process did not start within {start_timeout:.0f} s")
+            status, detail = _recv_frame(self._process.stdout)
+        except BaseException:
+            self.close()
+            raise
+        if status != "ready":
+            self.close()
+            raise RuntimeError(f"the policy process could not build the policy: {detail}")
+        self.pid = detail
+
+    def __call__(self, observation: Any) -> Any:
+        if self._process is None:
+            raise RuntimeError("this ProcessPolicy is closed")
+        with self._lock:
+            try:
+                _send_frame(self._process.stdin, observation)
+                status, out = _recv_frame(self._process.stdout)
+            except (EOFError, BrokenPipeError, OSError) as exc:
+                raise RuntimeError(f"the policy process ended unexpectedly ({exc})") from exc
+        if status != "ok":
+            raise RuntimeError(f"the policy process failed: {out}")
+        return out
+
+    def close(self) -> None:
+        process = getattr(self, "_process", None)
+        if process is None:
+            return
+        self._process = None
+        try:
+            _send_frame(process.stdin, None)
+            process.stdin.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            process.wait(timeout=10)
+        except Exception:
+            process.kill()
+            process.wait(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def __enter__(self) -> "ProcessPolicy":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -7,10 +7,13 @@ reports, side by side with full compute:
 - **latency**: the median wall time of one policy inference (processor + model: one action chunk), and the speedup
   over full compute measured in the same run;
 - **control frequency** reached in a real-time loop: the simulator advances one control step every
-  ``1 / control_hz`` seconds while there is an action to execute; with synchronous execution the robot stands
-  still while the policy thinks, with the asynchronous executor (``async`` rows) the next chunk is computed while
-  the current one executes. Frequency = executed steps / wall seconds; **completion time**: mean wall seconds of the
-  successful real-time episodes;
+  ``1 / control_hz`` seconds (default 80 Hz, Meta-World's own rate: 12.5 ms of physics per step) while there is an
+  action to execute; with synchronous execution the robot stands still while the policy thinks, with the
+  asynchronous executor (``async`` rows; the policy in its own process by default, ``async:worker=thread`` for a
+  thread) the next chunk is computed while the current one executes. Frequency = executed steps / seconds, where
+  the camera is free (:class:`dynaccel.zoo.realtime.CameraClock`: rendering a frame on the CPU is taken off the
+  clock, as a robot's camera captures in parallel); **completion time**: mean seconds of the successful real-time
+  episodes;
 - **jerk**: the mean squared third difference of the executed actions (smoothness; lower is smoother).
 
 A row is one setting or several joined with ``+`` (``denoise_steps:steps=4+fbcache:threshold=0.1``), ``full``, or
@@ -36,7 +39,8 @@ from ..core.errors import ConfigError, DynaccelError
 ROBOT_MODELS = ("tiny-pi0",)
 POLICY_TYPES = ("pi0", "pi05")
 DEFAULT_EPISODES = 10
-DEFAULT_CONTROL_HZ = 100.0
+#: Meta-World's own control rate: each env.step advances frame_skip 5 x 2.5 ms = 12.5 ms of physics
+DEFAULT_CONTROL_HZ = 80.0
 
 
 class BenchError(DynaccelError):
@@ -188,6 +192,20 @@ class _PolicyRun:
         return self.policy(observation)
 
 
+def build_policy_run(folder: str, settings: list[tuple[str, dict[str, Any]]], threads: int = 1) -> _PolicyRun:
+    """A zoo-format policy from ``folder`` with ``settings`` enabled (the factory a ``ProcessPolicy`` calls in its
+    own process for the ``async`` rows)."""
+    import torch
+
+    import dynaccel
+    from ..zoo import train_tiny_pi0 as tp
+
+    torch.set_num_threads(threads)
+    policy = tp.Pi0Policy.from_pretrained(folder)
+    handles = [dynaccel.enable_accel(policy.model, name, **cfg) for name, cfg in settings]
+    return _PolicyRun(policy, handles)
+
+
 def _enable(model, spec: RowSpec) -> list[Any]:
     import dynaccel
 
@@ -225,8 +243,9 @@ def run(model: str, rows: Sequence[RowSpec], *, episodes: int = DEFAULT_EPISODES
     if not (control_hz > 0 and math.isfinite(control_hz)):
         raise ConfigError(f"control_hz must be a positive number, got {control_hz}")
     torch.set_num_threads(threads)
+    folder = str(resolve_policy(model))
     if policy is None:
-        policy = tp.Pi0Policy.from_pretrained(str(resolve_policy(model)))
+        policy = tp.Pi0Policy.from_pretrained(folder)
     tasks = [rt.task(t).name for t in (tasks or rt.TASK_NAMES)]
     seeds = list(seeds) if seeds is not None else rt.heldout_seeds(episodes)
     for spec in rows:  # every setting checked on the model before anything runs
@@ -241,7 +260,8 @@ def run(model: str, rows: Sequence[RowSpec], *, episodes: int = DEFAULT_EPISODES
         for spec in rows:
             handles = _enable(policy.model, spec)
             try:
-                out.append(_run_row(spec, policy, handles, sim, tasks, seeds, control_hz, realtime_episodes, bar))
+                out.append(_run_row(spec, policy, handles, sim, tasks, seeds, control_hz, realtime_episodes, bar,
+                                    folder, threads))
             finally:
                 dynaccel.disable_accel(policy.model)
     bar.close()
@@ -251,8 +271,12 @@ def run(model: str, rows: Sequence[RowSpec], *, episodes: int = DEFAULT_EPISODES
     return out
 
 
-def _run_row(spec: RowSpec, policy, handles, sim, tasks, seeds, control_hz, realtime_episodes, bar) -> VlaRow:
+def _run_row(spec: RowSpec, policy, handles, sim, tasks, seeds, control_hz, realtime_episodes, bar, folder,
+             threads) -> VlaRow:
+    import functools
+
     from ..zoo import robot_tasks as rt
+    from .async_chunks import ProcessPolicy
 
     run_policy = _PolicyRun(policy, handles)
     successes: dict[str, list[bool]] = {}
@@ -272,15 +296,30 @@ def _run_row(spec: RowSpec, policy, handles, sim, tasks, seeds, control_hz, real
                 rt_results.append(realtime_episode(run_policy, sim, name, seed, control_hz, executor=None))
                 bar.update(1)
     else:
-        for name in tasks:
-            for seed in seeds:
-                res = realtime_episode(run_policy, sim, name, seed, control_hz, executor=spec.executor)
-                successes.setdefault(name, []).append(res["success"])
-                latencies.extend(res["policy_seconds"])
-                jerks.append(jerk(res["actions"]))
-                rt_results.append(res)
-                bar.update(1)
-            bar.update(realtime_episodes)
+        options = dict(spec.executor)
+        worker = options.pop("worker", "process")
+        if worker not in ("process", "thread"):
+            raise ConfigError(f"async option worker={worker!r}; accepted: process (the policy in its own process, "
+                              "as a policy server) or thread (a worker thread of this process)")
+        proxy = None
+        if worker == "process":
+            factory = functools.partial(build_policy_run, folder,
+                                        [(s.strategy, dict(s.config)) for s in spec.settings], threads)
+            proxy = ProcessPolicy(factory)
+        try:
+            for name in tasks:
+                for seed in seeds:
+                    res = realtime_episode(run_policy, sim, name, seed, control_hz, executor=options,
+                                           worker_policy=proxy)
+                    successes.setdefault(name, []).append(res["success"])
+                    latencies.extend(res["policy_seconds"])
+                    jerks.append(jerk(res["actions"]))
+                    rt_results.append(res)
+                    bar.update(1)
+                bar.update(realtime_episodes)
+        finally:
+            if proxy is not None:
+                proxy.close()
     import dynaccel
 
     stats = {k: _jsonable(v) for k, v in dynaccel.accel_stats(policy.model).items()}
@@ -311,12 +350,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def realtime_episode(policy: Callable, sim, task_name: str, seed: int, control_hz: float,
-                     executor: dict[str, Any] | None = None) -> dict[str, Any]:
+                     executor: dict[str, Any] | None = None, worker_policy: Callable | None = None) -> dict[str, Any]:
     """One episode in real time (see the module docstring); ``executor``: the async executor's options, or None
     for synchronous execution. Returns success, steps, seconds, actions, policy_seconds."""
     from ..zoo import realtime
 
-    return realtime.run_episode(policy, sim, task_name, seed, control_hz, executor=executor)
+    return realtime.run_episode(policy, sim, task_name, seed, control_hz, executor=executor,
+                                worker_policy=worker_policy)
 
 
 def format_table(rows: list[VlaRow]) -> str:

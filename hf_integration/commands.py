@@ -105,10 +105,12 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
 
 @click.command()
 @click.option("--model", default="tiny-wan", show_default=True,
-              help="zoo model name (tiny-wan, tiny-flux, tiny-vlm), smollm2, or a local diffusers pipeline folder")
+              help="zoo model name (tiny-wan, tiny-flux, tiny-vlm, tiny-pi0), smollm2, or a local diffusers "
+                   "pipeline or π0 policy folder")
 @click.option("-s", "--setting", "settings", multiple=True,
               help="strategy[:key=value,...], preset:NAME_OR_PATH[:key=value,...] or diffusers:NAME[:key=value,...]; repeatable "
-                   "(default: every dynaccel cache strategy, from the model's built-in presets where they exist)")
+                   "(default: every dynaccel cache strategy, from the model's built-in presets where they exist). "
+                   "Robot policies: several joined with '+' run together, 'async[:key=value,...]' adds the executor")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="add diffusers' built-in cache rows")
 @click.option("--prompt", "prompts", multiple=True, help="repeatable (default: the zoo model's four prompts)")
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
@@ -121,14 +123,36 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
               help="tiny-vlm: held-out questions scored for accuracy")
 @click.option("--all-presets", is_flag=True,
               help="add every built-in preset of the model (its extra quality targets too: a quality ladder)")
-def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_dir, items, all_presets):
-    """Speed and quality of acceleration settings against full compute on one pipeline, or on a transformers model
-    (--model tiny-vlm or smollm2: token strategies; prefill, decode, memory, accuracy or agreement)."""
+@click.option("--episodes", type=click.IntRange(1, 10000), default=10, show_default=True,
+              help="robot policies (tiny-pi0): held-out episodes per task")
+@click.option("--task", "tasks", multiple=True, help="robot policies: a task to run (repeatable; default: all four)")
+@click.option("--control-hz", type=click.FloatRange(min=1.0, max=10000.0), default=80.0, show_default=True,
+              help="robot policies: the real-time loop's control rate (80: Meta-World's own)")
+@click.option("--realtime-episodes", type=click.IntRange(0, 1000), default=2, show_default=True,
+              help="robot policies: real-time episodes per task timed for control frequency (synchronous rows)")
+def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_dir, items, all_presets, episodes,
+          tasks, control_hz, realtime_episodes):
+    """Speed and quality of acceleration settings against full compute on one pipeline, on a transformers model
+    (--model tiny-vlm or smollm2: token strategies; prefill, decode, memory, accuracy or agreement), or on a robot
+    policy (--model tiny-pi0: closed-loop success on held-out episodes, latency, control frequency, jerk)."""
     from pathlib import Path
 
     from . import bench as b
     from . import bench_tokens as bt
+    from . import bench_vla as bv
 
+    if bv.is_policy_model(model):
+        specs = [bv.parse_row(x) for x in settings or bv.default_rows(model)]
+        rows = bv.run(model, specs, episodes=episodes, tasks=list(tasks) or None, control_hz=control_hz,
+                      realtime_episodes=realtime_episodes, threads=threads)
+        meta = {"model": model, "rows": [s.label for s in specs], "episodes_per_task": episodes,
+                "heldout_seeds": "robot_tasks.heldout_seeds(episodes)", "control_hz": control_hz,
+                "realtime_episodes_per_task": realtime_episodes, "machine": b.machine(),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        click.echo(bv.format_table(rows))
+        json_path, png_path = bv.write_results(Path(out_dir), rows, meta)
+        click.echo(f"\nwrote {json_path} and {png_path}")
+        return
     if bt.is_transformers_model(model):
         parsed = [b.parse_setting(x) for x in settings or bt.default_settings(model)]
         rows = bt.run(model, parsed, repeats=repeats, heldout_items=items, threads=threads)

@@ -93,7 +93,7 @@ class _Inference:
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     outputs: dict[int, torch.Tensor] = field(default_factory=dict)
-    entropy: dict[int, float] = field(default_factory=dict)
+    entropy: dict[int, torch.Tensor] = field(default_factory=dict)  # 0-d tensors (read once, when planning)
     relevance: torch.Tensor | None = None  # (B, L) attention the instruction pays each position
 
 
@@ -221,12 +221,16 @@ class VlaCacheEngine(PolicyEngine):
         L = now.input_ids.shape[1]
         everything = torch.arange(L, device=candidate_pos.device)
         plan = {}
+        entropy: dict[int, float] = {}
+        if cfg.layer_adaptive and last.entropy:  # one host read for every layer
+            keys = sorted(last.entropy)
+            entropy = dict(zip(keys, torch.stack([last.entropy[k] for k in keys]).tolist()))
         for i in range(len(self.layers)):
             if i not in last.keys or i not in last.outputs:
                 continue
             frac = 1.0
             if cfg.layer_adaptive:
-                frac = max(0.0, min(1.0, 1.0 - last.entropy.get(i, 1.0)))
+                frac = max(0.0, min(1.0, 1.0 - entropy.get(i, 1.0)))
             r = int(math.floor(frac * len(candidate_pos) + 1e-9))
             if r == 0:
                 continue
@@ -234,7 +238,7 @@ class VlaCacheEngine(PolicyEngine):
             computed = everything[~torch.isin(everything, reused)]
             plan[i] = _LayerPlan(reused, computed, torch.cat([reused, computed]))
             self.last_reuse["reused_per_layer"][i] = r
-            self.last_reuse.setdefault("reused_positions", {})[i] = reused.tolist()
+            self.last_reuse.setdefault("reused_positions", {})[i] = reused  # a list when stats are read
         return plan
 
     # ---- the prefix forward -------------------------------------------------------------------------------------
@@ -336,7 +340,10 @@ class VlaCacheEngine(PolicyEngine):
     # ---- attention ----------------------------------------------------------------------------------------------
     def attention(self, module, index: int, query, key, value, attention_mask, **kwargs):
         original = _attention_function(self.original_impl, module)
-        if self.active and self.now is not None and self.text_positions is not None and len(self.text_positions):
+        cfg = self.config
+        wanted = cfg.max_reuse > 0 and (cfg.layer_adaptive or (cfg.task_relevant > 0 and index == self.relevance_layer))
+        if wanted and self.active and self.now is not None and self.text_positions is not None \
+                and len(self.text_positions):
             self._measure(index, query, key, attention_mask)
         return original(module, query, key, value, attention_mask, **kwargs)
 
@@ -358,10 +365,11 @@ class VlaCacheEngine(PolicyEngine):
                 bias = bias.expand(query.shape[0], -1, -1).contiguous()
         probs = query_rows_attention(q.float(), key.float(), bias, scale=getattr(self._module(index), "scaling", None),
                                      backend="torch")  # (B, R, N)
-        valid = probs.gt(0).sum(-1).clamp_min(2).float()
-        entropy = -(probs.clamp_min(1e-12).log() * probs).sum(-1) / valid.log()
-        self.now.entropy[index] = float(entropy.mean())
-        if index == self.relevance_layer:
+        if self.config.layer_adaptive:
+            valid = probs.gt(0).sum(-1).clamp_min(2).float()
+            entropy = -(probs.clamp_min(1e-12).log() * probs).sum(-1) / valid.log()
+            self.now.entropy[index] = entropy.mean()
+        if index == self.relevance_layer and self.config.task_relevant > 0:
             rel = torch.zeros(probs.shape[0], self.now.input_ids.shape[1], device=probs.device)
             rel[:, k_pos.to(probs.device)] = probs.mean(1)
             self.now.relevance = rel
@@ -376,7 +384,8 @@ class VlaCacheEngine(PolicyEngine):
             "prefix_token_layers_reused": t["token_layers_reused"],
             "reused_fraction": t["token_layers_reused"] / t["token_layers"] if t["token_layers"] else 0.0,
             "inferences_reusing": t["inferences_reusing"],
-            "last": dict(self.last_reuse),
+            "last": {k: ({i: p.tolist() for i, p in v.items()} if k == "reused_positions" else v)
+                     for k, v in self.last_reuse.items()},
         }
 
     def summary(self) -> str:
