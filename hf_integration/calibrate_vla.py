@@ -72,6 +72,9 @@ def calibrate(model: str, strategy: str, *, min_success: float = 0.95, episodes:
     rows = bv.run(model, specs, tasks=tasks, seeds=fit_seeds, realtime_episodes=0, threads=threads,
                   progress=progress, policy=policy)
     full = rows[0]
+    if full.mean_success <= 0:
+        raise bv.BenchError(f"full compute succeeded on none of the {full.episodes} fit episodes: there is no success "
+                            "rate to keep (a policy trained on these tasks is needed; more --episodes may help)")
     target = min_success * full.mean_success
     ok = [(r, s) for r, s in zip(rows[1:], specs[1:]) if r.mean_success >= target - 1e-9]
     chosen = min(ok, key=lambda rs: rs[0].latency_ms) if ok else None

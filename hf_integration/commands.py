@@ -200,7 +200,8 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
 
 
 @click.command()
-@click.option("--model", default="tiny-wan", show_default=True, help="zoo model name or local diffusers pipeline folder")
+@click.option("--model", default="tiny-wan", show_default=True,
+              help="zoo model name, local diffusers pipeline folder, or robot policy (tiny-pi0 or a π0 folder)")
 @click.option("--strategy", required=True, help="the strategy to calibrate, e.g. teacache")
 @click.option("--min-psnr", type=float, default=30.0, show_default=True, help="quality target against full compute (dB)")
 @click.option("--fit-prompt", "fit_prompts", multiple=True, help="prompts for fitting (default: two built-in ones)")
@@ -213,9 +214,18 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
                    "default: the option's default and 2,3,4,6")
 @click.option("--set", "fixed", multiple=True,
               help="key=value: an option held fixed while searching (e.g. order=2 for taylorseer); repeatable")
+@click.option("--min-success", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.95, show_default=True,
+              help="robot policies: the success rate to keep, as a fraction of full compute's")
+@click.option("--episodes", type=click.IntRange(1, 10000), default=5, show_default=True,
+              help="robot policies: fit episodes per task for each candidate")
+@click.option("--heldout-episodes", type=click.IntRange(1, 10000), default=10, show_default=True,
+              help="robot policies: held-out episodes per task that judge the chosen setting")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="preset JSON to write")
-def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, caps, fixed, out):
-    """Fit a strategy to a pipeline and write the fastest preset that meets --min-psnr on held-out prompts."""
+def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, caps, fixed, min_success,
+              episodes, heldout_episodes, out):
+    """Fit a strategy to a pipeline and write the fastest preset that meets --min-psnr on held-out prompts; on a
+    robot policy (--model tiny-pi0), the lowest-latency setting whose closed-loop success on fit episodes keeps
+    --min-success of full compute's, judged on held-out episodes."""
     from pathlib import Path
 
     import torch
@@ -234,6 +244,25 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
     base = b.parse_setting(f"{strategy}:{','.join(fixed)}").config if fixed else {}
     if knob.name in base:
         raise click.BadParameter(f"{knob.name} is what calibrate searches; fix other options", param_hint="--set")
+    from . import bench_vla as bv
+
+    if bv.is_policy_model(model):  # success rate in closed loop is the quality target (PSNR means nothing here)
+        from ..core.files import atomic_write
+        from . import calibrate_vla as cv
+
+        if caps:
+            raise click.BadParameter("robot policies search only the quality knob", param_hint="--caps")
+        result = cv.calibrate(model, strategy, min_success=min_success, episodes=episodes,
+                              heldout_episodes=heldout_episodes, fixed=base, threads=threads)
+        click.echo(cv.format_result(result))
+        if result.chosen is None:
+            raise click.ClickException(f"no {knob.name} value kept {min_success:.0%} of full compute's success on "
+                                       "the fit episodes; nothing written")
+        atomic_write(Path(out), lambda tmp: Path(tmp).write_text(result.preset.to_json() + "\n"))
+        m = result.preset.provenance["measured"]
+        click.echo(f"\nchose {result.chosen.label}: {m['latency_speedup']:.2f}x lower latency, held-out success "
+                   f"{m['heldout_success']:.0%} (full compute {m['heldout_full_success']:.0%}); wrote {out}")
+        return
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
