@@ -62,3 +62,17 @@ def inputs(batch: int = 1, seed: int = 0, kind: str = "pi0", pixels: torch.Tenso
 def sample(policy, inp: dict) -> torch.Tensor:
     with torch.no_grad():
         return policy.sample_actions(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in inp.items()})
+
+
+def save_random_tiny_pi0(folder) -> str:
+    """A tiny-pi0-format folder (zoo architecture, word tokenizer, proprio statistics) with untrained weights: it
+    runs the robot-task bench end to end, and succeeds on about nothing."""
+    import numpy as np
+
+    from dynaccel.zoo import train_tiny_pi0 as tp
+
+    torch.manual_seed(0)
+    vocab = tp.vocabulary()
+    processor = tp.TinyPi0Processor(tp.build_tokenizer(vocab), np.zeros(4, np.float32), np.ones(4, np.float32))
+    tp.save(tp.build_model(len(vocab)).eval(), processor, str(folder), {"note": "untrained, for tests"})
+    return str(folder)

@@ -1,0 +1,141 @@
+"""The robot-policy bench and calibration (dynaccel bench / calibrate --model <π0 folder>), the real-time loop on
+the robot tasks and the process policy, on an untrained tiny-pi0-format folder (fast; succeeds on about nothing).
+The trained zoo model's numbers are in docs/benchmarks.md; these tests check what the bench computes and reports."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+import pi0_models as pm
+from robot_sim import require_simulator
+
+from dynaccel.core.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return pm.save_random_tiny_pi0(tmp_path_factory.mktemp("pi0") / "tiny-pi0-untrained")
+
+
+def test_rows_parse_with_combinations_and_the_executor():
+    from dynaccel.hf_integration import bench_vla as bv
+
+    assert bv.parse_row("full").label == "full compute" and not bv.parse_row("full").settings
+    row = bv.parse_row("vla_cache:max_reuse=0.5+denoise_steps:steps=4+async:chunk_threshold=0.75,aggregate=latest")
+    assert [s.strategy for s in row.settings] == ["vla_cache", "denoise_steps"]
+    assert row.settings[1].config == {"steps": 4}
+    assert row.executor == {"chunk_threshold": 0.75, "aggregate": "latest"}
+    with pytest.raises(ConfigError, match="family 'cache'"):
+        bv.parse_row("teacache+fbcache")
+    with pytest.raises(ConfigError, match="not a dynaccel strategy"):
+        bv.parse_row("diffusers:fbcache")
+    with pytest.raises(ConfigError, match="key=value"):
+        bv.parse_row("async:fast")
+    with pytest.raises(ConfigError, match="steps"):
+        bv.parse_row("denoise_steps:steps=-2")
+    assert bv.jerk(np.zeros((3, 4))) == 0.0
+    ramp = np.arange(10, dtype=float)[:, None] ** 3  # third difference of t^3 is 6 everywhere
+    assert bv.jerk(ramp) == pytest.approx(36.0)
+
+
+def test_the_bench_reports_every_column_for_each_row(folder, tmp_path):
+    require_simulator()
+    from dynaccel.hf_integration import bench_vla as bv
+
+    rows = bv.run(folder, [bv.parse_row(x) for x in ("full", "denoise_steps:steps=2", "async:worker=thread")],
+                  episodes=1, tasks=["reach"], control_hz=400.0, realtime_episodes=1, progress=False)
+    full, fewer, asynchronous = rows
+    for r in rows:
+        assert r.episodes == 1 and set(r.success) == {"reach"} and r.inferences > 0
+        assert r.latency_ms > 0 and r.jerk >= 0
+        assert r.control_hz is not None and 0 < r.control_hz <= 400.0 * 1.05
+        assert r.realtime_episodes == 1
+    assert full.speedup == pytest.approx(1.0)
+    assert fewer.stats["denoise_steps"]["steps_per_inference"] == 2
+    assert asynchronous.executor == {"worker": "thread"} and asynchronous.settings == []
+    json_path, png_path = bv.write_results(tmp_path, rows, {"model": "untrained", "machine": {}})
+    data = json.loads(json_path.read_text())
+    assert [r["label"] for r in data["rows"]] == ["full compute", "denoise_steps:steps=2", "async:worker=thread"]
+    assert png_path.stat().st_size > 1000
+    assert "ctrl Hz" in bv.format_table(rows)
+
+
+def test_cli_bench_on_a_policy_folder(folder, tmp_path, capsys):
+    require_simulator()
+    from dynaccel.core.cli import main
+
+    main(["bench", "--model", folder, "--episodes", "1", "--task", "push", "-s", "full",
+          "-s", "denoise_steps:steps=3+fbcache:threshold=0.5", "--control-hz", "400",
+          "--realtime-episodes", "0", "--out", str(tmp_path / "b")])
+    assert "denoise_steps:steps=3 + fbcache:threshold=0.5" in capsys.readouterr().out
+    assert (tmp_path / "b" / "bench.json").is_file()
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--model", folder, "-s", "teacache+fbcache", "--out", str(tmp_path / "c")])
+    assert exc.value.code == 2 and "one per family" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_calibration_refuses_when_full_compute_never_succeeds(folder):
+    require_simulator()
+    from dynaccel.hf_integration import bench_vla as bv
+    from dynaccel.hf_integration import calibrate_vla as cv
+
+    with pytest.raises(bv.BenchError, match="no success rate to keep"):
+        cv.calibrate(folder, "denoise_steps", episodes=1, tasks=["push"], grid=[2], progress=False)
+    with pytest.raises(ConfigError, match="min_success"):
+        cv.calibrate(folder, "denoise_steps", min_success=1.5)
+
+
+def test_a_policy_folder_that_is_not_one(tmp_path):
+    from dynaccel.hf_integration import bench_vla as bv
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "pi0"}))
+    assert bv.is_policy_model(str(tmp_path))
+    with pytest.raises(bv.BenchError, match="norm_stats.json"):
+        bv.resolve_policy(str(tmp_path))
+    assert not bv.is_policy_model(str(tmp_path / "missing"))
+
+
+def test_the_process_policy_answers_like_the_policy_in_process(folder):
+    require_simulator()
+    from dynaccel.hf_integration.async_chunks import ProcessPolicy
+    from dynaccel.hf_integration.bench_vla import build_policy_run
+    from dynaccel.zoo import robot_tasks as rt
+
+    with rt.RobotSim() as sim:
+        observation = sim.reset("reach", rt.HELDOUT_START)
+    local = build_policy_run(folder, [("denoise_steps", {"steps": 3})])
+    with ProcessPolicy(functools.partial(build_policy_run, folder, [("denoise_steps", {"steps": 3})])) as remote:
+        assert remote.pid > 0
+        np.testing.assert_array_equal(remote(observation), local(observation))
+    with pytest.raises(RuntimeError, match="closed"):
+        remote(observation)
+    with pytest.raises(RuntimeError, match="could not build the policy: .*no-such-folder"):
+        ProcessPolicy(functools.partial(build_policy_run, "/no-such-folder", []))
+    with pytest.raises(ValueError, match="cannot be sent to another process"):
+        ProcessPolicy(lambda: local)
+
+
+def test_realtime_episodes_sync_and_async(folder):
+    require_simulator()
+    from dynaccel.hf_integration.bench_vla import build_policy_run
+    from dynaccel.zoo import realtime
+    from dynaccel.zoo import robot_tasks as rt
+
+    policy = build_policy_run(folder, [])
+    with rt.RobotSim() as sim:
+        sync = realtime.run_episode(policy, sim, "reach", rt.HELDOUT_START, control_hz=400)
+        rendered = sim.frames_rendered
+        fast = realtime.run_episode(policy, sim, "reach", rt.HELDOUT_START, control_hz=400,
+                                    executor={"chunk_threshold": 0.5, "skip_similar": 1e-9})
+    limit = rt.task("reach").max_steps
+    for r in (sync, fast):
+        assert r["steps"] == limit == len(r["actions"]) and np.abs(r["actions"]).max() <= 1.0
+        assert len(r["policy_seconds"]) == r["inferences"] > 0
+        assert r["control_hz"] <= 400 * 1.05
+    assert sync["inferences"] == rendered == -(-limit // 8)  # one frame and one chunk of 8 per inference
+    assert sync["waits"] == sync["inferences"]  # synchronous: the robot waits at every inference
