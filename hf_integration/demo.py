@@ -7,7 +7,9 @@ Tab "Compare": a prompt, a seed and a strategy with its options generate the ful
 accelerated result (a GIF for video pipelines, a PNG for image ones) with the latency of each, the speedup, the
 transformer passes computed and PSNR/SSIM between the two (the metrics of ``dynaccel bench``). Tab "Sweep": one
 option of a strategy (the quality knob its Config declares, e.g. a cache strategy's ``threshold``) over a list of
-values, plotted as speedup against PSNR.
+values, plotted as speedup against PSNR. Tab "Robot policy": one held-out episode of a robot task run by a policy
+(zoo ``tiny-pi0``) with full compute and with a VLA setting, two videos side by side with success, latency, speedup
+and jerk (``demo_vla.py``; needs the ``vla`` extra and OSMesa).
 
 The option controls are generated from each strategy's Config schema (type, default, min, max, step, choices,
 doc), so a strategy a plugin registers appears with no demo code. Sessions never share cache state or results:
@@ -44,7 +46,8 @@ import torch
 from ..core.config import StrategyConfig, option
 from ..core.errors import ConfigError, DynaccelError
 from ..core.registry import get_registry
-from . import bench
+from . import bench, bench_vla, demo_vla
+from ..zoo import robot_tasks
 
 HOST = "127.0.0.1"
 MEDIA_SIZE = 192  # pixels: tiny models' frames are upscaled (nearest) to be visible
@@ -355,6 +358,8 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
     work = Path(tempfile.mkdtemp(prefix="dynaccel-demo-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # the generated media go when the demo stops
     request_specs = {f.name: f for f in RequestInputs.fields_info()}
+    robot_settings = [f"preset:{n}" for n in sorted(reg.presets) if reg.presets[n].model_id == demo_vla.DEFAULT_POLICY]
+    robot_settings += ["denoise_steps:steps=4", "vla_cache", "fbcache:threshold=0.1", "denoise_steps:steps=4+vla_cache"]
 
     def refuse(exc: Exception):
         """A bad request: one log line, and an error for the page or the API client (no traceback)."""
@@ -389,6 +394,16 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
         table = [[r.label, round(r.time_s, 4), round(r.speedup, 3), r.computed,
                   "inf" if math.isinf(r.psnr_db) else round(r.psnr_db, 2), round(r.ssim, 4)] for r in rows]
         return sweep_figure(rows, strategy, option), table
+
+    def run_robot(policy_name, task, episode_seed, setting, progress=gr.Progress()):
+        try:
+            base, fast = demo_vla.compare(policy_name, task, episode_seed, setting,
+                                          progress=lambda f, d: progress(f, desc=d))
+        except (DynaccelError, ValueError, TypeError) as exc:
+            raise refuse(exc) from None
+        folder = Path(tempfile.mkdtemp(dir=work, prefix="robot-"))
+        return (str(demo_vla.write_video(base, folder, "full")), str(demo_vla.write_video(fast, folder, "setting")),
+                demo_vla.results_markdown(base, fast, task, int(episode_seed)), demo_vla.metrics(base, fast))
 
     def show_options(strategy):
         return [gr.update(visible=s == strategy) for s in strategies]
@@ -452,6 +467,32 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
                 plot = gr.Plot(label="speed vs quality", elem_id="sweep-plot")
                 table = gr.Dataframe(headers=["setting", "time/gen (s)", "speedup", "computed", "PSNR (dB)", "SSIM"],
                                      label="results", elem_id="sweep-table")
+            with gr.Tab("Robot policy", id="robot"):
+                why = demo_vla.available()
+                gr.Markdown("One held-out episode of a robot task (Meta-World), closed loop, with full compute and "
+                            "with a VLA setting: the same episode and noise, two videos."
+                            + (f"\n\n**Not available here:** {why}" if why else ""))
+                with gr.Row():
+                    policies = [m for m in zoo_models if bench_vla.is_policy_model(m)] or [demo_vla.DEFAULT_POLICY]
+                    robot_model = gr.Dropdown(choices=policies, value=policies[0], allow_custom_value=True,
+                                              label="policy", elem_id="robot-model",
+                                              info="tiny-pi0 or a folder in its format")
+                    robot_task = gr.Dropdown(choices=list(robot_tasks.TASK_NAMES), value="push", label="task",
+                                             elem_id="robot-task")
+                    robot_seed = gr.Number(value=robot_tasks.HELDOUT_START, precision=0, label="held-out seed",
+                                           elem_id="robot-seed", minimum=robot_tasks.HELDOUT_START)
+                    robot_setting = gr.Dropdown(choices=robot_settings, value=robot_settings[0],
+                                                allow_custom_value=True, label="setting", elem_id="robot-setting",
+                                                info="strategy[:key=value,...] or preset:NAME; several joined "
+                                                     "with '+'")
+                robot_go = gr.Button("Run both rollouts", variant="primary", elem_id="robot-run")
+                with gr.Row():
+                    robot_base = gr.Image(label="full compute", type="filepath", elem_id="robot-baseline",
+                                          interactive=False)
+                    robot_fast = gr.Image(label="with the setting", type="filepath", elem_id="robot-accelerated",
+                                          interactive=False)
+                robot_results = gr.Markdown(elem_id="robot-results")
+                robot_metrics = gr.JSON(label="metrics", elem_id="robot-metrics")
 
         strategy.change(show_options, strategy, groups, api_visibility="private")
         preset.change(load_preset, preset, [strategy, *controls], api_visibility="private")
@@ -461,6 +502,8 @@ def build_app(model: str = "tiny-wan", warmup: bool = True):
                               api_visibility="private")
         sweep_go.click(run_sweep, [model_box, prompt, seed, steps, sweep_strategy, sweep_text, *controls],
                        [plot, table], api_name="sweep", concurrency_limit=4)
+        robot_go.click(run_robot, [robot_model, robot_task, robot_seed, robot_setting],
+                       [robot_base, robot_fast, robot_results, robot_metrics], api_name="robot", concurrency_limit=1)
 
         def compare_api(model_name: str, prompt_text: str, seed_value: int, steps_value: int, strategy_name: str,
                         options_json: str) -> dict:

@@ -139,3 +139,28 @@ def test_realtime_episodes_sync_and_async(folder):
         assert r["control_hz"] <= 400 * 1.05
     assert sync["inferences"] == rendered == -(-limit // 8)  # one frame and one chunk of 8 per inference
     assert sync["waits"] == sync["inferences"]  # synchronous: the robot waits at every inference
+
+
+def test_the_demo_robot_tab_runs_two_rollouts(folder, tmp_path):
+    require_simulator()
+    from dynaccel.hf_integration import demo_vla
+
+    base, fast = demo_vla.compare(folder, "reach", 1_000_003, "denoise_steps:steps=2")
+    assert base.label == "full compute" and fast.label == "denoise_steps:steps=2"
+    for r in (base, fast):
+        assert len(r.frames) == r.steps + 1 and r.frames[0].shape == (64, 64, 3)
+        assert len(r.latencies) == -(-r.steps // 8)
+    gif = demo_vla.write_video(fast, tmp_path, "fast")
+    assert gif.stat().st_size > 1000
+    text = demo_vla.results_markdown(base, fast, "reach", 1_000_003)
+    assert "| denoise_steps:steps=2 |" in text and "median latency" in text
+    assert set(demo_vla.metrics(base, fast)) == {"full compute", "denoise_steps:steps=2"}
+    with pytest.raises(ConfigError, match="held"):
+        demo_vla.compare(folder, "reach", 5, "full")  # a fit seed
+    with pytest.raises(ConfigError, match="task 'fly'"):
+        demo_vla.compare(folder, "fly", 1_000_000, "full")
+    with pytest.raises(ConfigError, match="async"):
+        demo_vla.compare(folder, "reach", 1_000_000, "async")
+    import dynaccel
+
+    assert not dynaccel.active_handles(demo_vla.get_policy(folder).model)  # nothing left enabled
