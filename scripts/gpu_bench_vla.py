@@ -90,6 +90,28 @@ def time_setting(model, base, seq, repeats: int, warmup: int) -> tuple[float, li
     return statistics.median(times), times
 
 
+def prefix_share(model, base, seq, repeats: int, warmup: int) -> float:
+    """Median wall time of the prefix alone (the PaliGemma call in sample_actions), synchronised around it."""
+    spans, start = [], []
+
+    def pre(module, args, kwargs):
+        _sync()
+        start.append(time.perf_counter())
+
+    def post(module, args, kwargs, output):
+        _sync()
+        spans.append(1000 * (time.perf_counter() - start.pop()))
+
+    hooks = [model.model.vlm.register_forward_pre_hook(pre, with_kwargs=True),
+             model.model.vlm.register_forward_hook(post, with_kwargs=True)]
+    try:
+        time_setting(model, base, seq, repeats, warmup)
+    finally:
+        for h in hooks:
+            h.remove()
+    return statistics.median(spans[warmup:])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="gpu-out/vla.json")
@@ -110,6 +132,8 @@ def main(argv=None) -> int:
           f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters) in {time.time() - t0:.1f} s on {where}",
           flush=True)
     seq = frames(first, args.warmup + args.repeats, patch)
+    prefix_ms = prefix_share(model, base, seq, args.repeats, args.warmup)
+    print(f"prefix (vision tower + prefix LM, once per inference): median {prefix_ms:.2f} ms", flush=True)
     settings = [
         ("full compute", []),
         ("denoise_steps:steps=5", [("denoise_steps", {"steps": 5})]),
@@ -152,7 +176,7 @@ def main(argv=None) -> int:
                "times_ms": [round(t, 3) for t in times], "stats": stats}
         rows.append(row)
         print(f"{label:<44} {ms:9.2f} ms  {row['speedup']}x  {json.dumps(stats)[:300]}", flush=True)
-    meta = {"device": where, "torch": torch.__version__, "dtype": str(dtype),
+    meta = {"device": where, "torch": torch.__version__, "dtype": str(dtype), "prefix_ms": round(prefix_ms, 3),
             "cameras": args.cameras, "text_tokens": args.text, "repeats": args.repeats, "warmup": args.warmup,
             "model": f"PI0ForConditionalGeneration({'tiny config' if args.tiny else 'PI0Config()'}), random weights",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -2,10 +2,13 @@
 
     python -m dynaccel.zoo.contact_sheet --out docs/tiny-wan-samples.png
     python -m dynaccel.zoo.contact_sheet --model tiny-flux --out docs/tiny-flux-samples.png
+    python -m dynaccel.zoo.contact_sheet --model tiny-pi0 --out docs/tiny-pi0-rollouts.png
 
 tiny-wan: one row per prompt: the prompt (and what ``synthetic.analyse_clip`` reads from the sample) as a label,
 then a few frames of the generated clip. tiny-flux: one row per prompt, one column per seed, with what
-``synthetic_images.analyse_image`` reads from each sample. Upscaled with nearest-neighbour.
+``synthetic_images.analyse_image`` reads from each sample. tiny-pi0: one row per held-out episode (two per task),
+frames evenly spaced over the closed-loop rollout, labelled with the task, the seed and the outcome. Upscaled with
+nearest-neighbour.
 """
 
 from __future__ import annotations
@@ -96,20 +99,53 @@ def contact_sheet(clips: np.ndarray, labels, frames=(0, 4, 8, 12, 16), scale: in
     return sheet
 
 
+def robot_rollouts(folder: str | None = None, episodes_per_task: int = 2, columns: int = 6):
+    """(clips (n, columns, 64, 64, 3) in [0, 1], labels): closed-loop rollouts of tiny-pi0 on held-out episodes,
+    ``columns`` frames evenly spaced from the first to the last step."""
+    import dynaccel.zoo as zoo
+    from dynaccel.zoo import robot_tasks as rt
+    from dynaccel.zoo.train_tiny_pi0 import Pi0Policy
+
+    policy = Pi0Policy.from_pretrained(folder or zoo.path("tiny-pi0"))
+    clips, labels = [], []
+    with rt.RobotSim() as sim:
+        for name in rt.TASK_NAMES:
+            for seed in rt.heldout_seeds(episodes_per_task):
+                obs = sim.reset(name, seed, render=True)
+                frames, success, done, steps = [obs.frame], False, False, 0
+                while not done and steps < rt.task(name).max_steps:
+                    for action in policy(obs):
+                        obs, success, done = sim.step(action, render=True)
+                        frames.append(obs.frame)
+                        steps += 1
+                        if done or steps >= rt.task(name).max_steps:
+                            break
+                pick = np.linspace(0, len(frames) - 1, columns).round().astype(int)
+                clips.append(np.stack([frames[i] for i in pick]).astype(np.float32) / 255.0)
+                outcome = f"success in {steps} steps" if success else f"failed ({steps} steps)"
+                labels.append(f"{name}, held-out seed {seed}\n{rt.instructions()[name]!r}\n{outcome}")
+    return np.stack(clips), labels
+
+
 def main(argv=None):
     import torch
 
     from dynaccel.zoo import synthetic, synthetic_images
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="tiny-wan", choices=["tiny-wan", "tiny-flux"])
+    ap.add_argument("--model", default="tiny-wan", choices=["tiny-wan", "tiny-flux", "tiny-pi0"])
     ap.add_argument("--out", default=None, help="PNG to write (default: docs/<model>-samples.png)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folder", default=None, help="pipeline folder (default: the zoo's model)")
     args = ap.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(__file__), "..", "docs", f"{args.model}-samples.png")
     torch.set_num_threads(2)
-    if args.model == "tiny-flux":
+    if args.model == "tiny-pi0":
+        out = args.out or os.path.join(os.path.dirname(__file__), "..", "docs", "tiny-pi0-rollouts.png")
+        clips, labels = robot_rollouts(args.folder)
+        sheet = contact_sheet(clips, labels, frames=range(clips.shape[1]), scale=2,
+                              titles=["start"] + [f"{k}/{clips.shape[1] - 1}" for k in range(1, clips.shape[1])])
+    elif args.model == "tiny-flux":
         seeds = [args.seed + k for k in range(4)]
         images = generate_images(FLUX_PROMPTS, seeds=seeds, folder=args.folder)
         labels = []
