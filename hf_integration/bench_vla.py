@@ -153,6 +153,7 @@ def default_rows(model: str) -> list[str]:
 
     rows.append(pick("vla-cache", "vla_cache"))
     rows.append("vla_cache:task_relevant=0.0,layer_adaptive=false")  # the paper's naive reuse, for contrast
+    rows.append(pick("prefix-prune", "prefix_prune"))
     rows.append(pick("denoise-steps", "denoise_steps:steps=5"))
     for cache in ("teacache", "fbcache", "easycache", "taylorseer"):
         rows.append(pick(cache, cache))
