@@ -142,6 +142,8 @@ def main(argv=None) -> int:
         ("vla_cache naive (all static tokens)", [("vla_cache", {"task_relevant": 0.0, "layer_adaptive": False})]),
         ("vla_cache max_reuse=1.0, naive", [("vla_cache", {"max_reuse": 1.0, "task_relevant": 0.0,
                                                            "layer_adaptive": False})]),
+        ("prefix_prune:keep_ratio=0.5", [("prefix_prune", {"keep_ratio": 0.5})]),
+        ("prefix_prune:keep_ratio=0.25,layer=2", [("prefix_prune", {"keep_ratio": 0.25, "layer": 2})]),
         ("teacache:threshold=0.3", [("teacache", {"threshold": 0.3})]),
         ("teacache:threshold=2.0", [("teacache", {"threshold": 2.0})]),
         ("fbcache:threshold=0.2", [("fbcache", {"threshold": 0.2})]),
