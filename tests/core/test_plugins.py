@@ -266,7 +266,7 @@ def test_block_list_switches_off_a_builtin_plugin():
         "dycoke", "fastv", "layer_skip", "sliminfer", "visionzip", "visual_exit"
     ]
     assert _strategies_with_env(DYNACCEL_BLOCK_PLUGINS="dynaccel.cache,dynaccel.sparse_attention,dynaccel.token_pruning,"
-                                                       "dynaccel.early_exit") == ["denoise_steps", "vla_cache"]
+                                                       "dynaccel.early_exit") == ["denoise_steps", "prefix_prune", "vla_cache"]
 
 
 def test_allow_list_loads_only_the_named_plugins():
