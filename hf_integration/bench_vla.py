@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence

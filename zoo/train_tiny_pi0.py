@@ -382,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=None, help="training time budget (data excluded)")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="end after this many steps of the --steps schedule (reproduces a run the budget cut short)")
     ap.add_argument("--eval-every", type=int, default=0, help="held-out closed-loop evaluation every N steps")
     ap.add_argument("--eval-episodes", type=int, default=10, help="held-out episodes per task at the end")
     args = ap.parse_args(argv)
@@ -394,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"data: {manifest['samples']} samples, {manifest['episodes']} episodes in {data_dir} "
           f"(generated in {manifest['seconds']} s; loaded in {data_seconds:.1f} s)", flush=True)
     model, processor, info, _ = train(arrays, manifest, args.steps, args.batch, args.lr, args.seed,
-                                      max_minutes=args.max_minutes, log=lambda m: print(m, flush=True),
+                                      stop_after=args.stop_after, max_minutes=args.max_minutes,
+                                      log=lambda m: print(m, flush=True),
                                       progress=True, eval_every=args.eval_every,
                                       eval_episodes=max(1, args.eval_episodes // 5))
     info.update({"command": "python -m dynaccel.zoo.train_tiny_pi0 " + " ".join(sys.argv[1:] if argv is None else argv),

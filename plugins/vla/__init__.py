@@ -12,6 +12,7 @@ chunking policy rather than a model.
 """
 
 from ...core.hookspecs import hookimpl
+from ...core.presets import load_builtin_presets
 from .denoise_steps import DenoiseSteps
 from .prefix_prune import PrefixPrune
 from .vla_cache import VlaCache
@@ -23,3 +24,9 @@ STRATEGIES = (VlaCache, PrefixPrune, DenoiseSteps)
 def register_strategies(register):
     for cls in STRATEGIES:
         register(cls)
+
+
+@hookimpl
+def register_presets(register):
+    for preset in load_builtin_presets("vla-"):  # core/presets/vla-<model>-<strategy>.json
+        register(preset)
