@@ -231,14 +231,26 @@ def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
 def _measured(preset: Preset) -> dict[str, Any]:
     prov = preset.provenance
     m = prov.get("measured") if isinstance(prov.get("measured"), dict) else {}
-    return {"speedup": m.get("speedup", prov.get("speedup")), "psnr_db": m.get("psnr_db"),
-            "psnr_min_db": m.get("psnr_min_db"), "ssim": m.get("ssim"), "computed": m.get("computed")}
+    return {"speedup": m.get("speedup", m.get("latency_speedup", prov.get("speedup"))), "psnr_db": m.get("psnr_db"),
+            "psnr_min_db": m.get("psnr_min_db"), "ssim": m.get("ssim"), "computed": m.get("computed"),
+            "success": m.get("heldout_success"), "full_success": m.get("heldout_full_success")}
 
 
 def _how_measured(preset: Preset) -> str:
     prov = preset.provenance
     if not prov:
         return "No provenance recorded: speed and quality unknown."
+    if prov.get("source") == "dynaccel calibrate" and prov.get("min_success") is not None:  # a robot policy
+        mach = prov.get("machine") if isinstance(prov.get("machine"), dict) else {}
+        m = prov.get("measured") if isinstance(prov.get("measured"), dict) else {}
+        return (
+            f"Measured by `dynaccel calibrate` on {prov.get('date', '?')}: policy `{prov.get('model', preset.model_id)}` "
+            f"in closed loop on the robot tasks, on {mach.get('device', '?')} ({mach.get('cpus', '?')} CPUs, "
+            f"{mach.get('threads', '?')} thread(s), torch {mach.get('torch', '?')}). `{prov.get('searched', '?')}` "
+            f"chosen as the lowest-latency value whose success on {prov.get('fit_episodes', '?')} fit episodes kept "
+            f">= {prov.get('min_success')} of full compute's; judged on {m.get('heldout_episodes', '?')} held-out "
+            f"episodes. Speedup: median policy latency per inference against full compute in the same run."
+        )
     if prov.get("source") == "dynaccel calibrate":
         mach = prov.get("machine") if isinstance(prov.get("machine"), dict) else {}
         call = prov.get("call") if isinstance(prov.get("call"), dict) else {}
@@ -283,7 +295,8 @@ def model_card(presets: list[Preset], repo_id: str = "ORG/REPO") -> str:
         "---", data.to_yaml(), "---", "",
         "# dynaccel presets", "",
         "Tuned settings for [dynaccel](https://github.com/dynaccel/dynaccel) (training-free inference acceleration "
-        "for diffusion transformers). Each `NAME.json` is a schema-versioned preset; use one with",
+        "for diffusion transformers, LLMs and robot policies). Each `NAME.json` is a schema-versioned preset; use "
+        "one with",
         "",
         "```python",
         "import dynaccel",
@@ -292,14 +305,17 @@ def model_card(presets: list[Preset], repo_id: str = "ORG/REPO") -> str:
         "",
         f"or fetch them all with `dynaccel presets pull {repo_id}`. Presets are plain JSON, validated when loaded.",
         "",
-        "| preset | strategy | model | speedup | PSNR (dB) | worst-frame PSNR | SSIM | computed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| preset | strategy | model | speedup | PSNR (dB) | worst-frame PSNR | SSIM | computed | "
+        "success (full compute) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in presets:
         m = _measured(p)
+        success = (f"{_fmt(100 * m['success'], 1, '%')} ({_fmt(100 * (m['full_success'] or 0), 1, '%')})"
+                   if isinstance(m["success"], (int, float)) else "-")
         lines.append(f"| `{p.name}` | {p.strategy} | {p.model_id or p.architecture or '-'} | "
                      f"{_fmt(m['speedup'], 2, 'x')} | {_fmt(m['psnr_db'])} | {_fmt(m['psnr_min_db'])} | "
-                     f"{_fmt(m['ssim'], 4)} | {m['computed'] or '-'} |")
+                     f"{_fmt(m['ssim'], 4)} | {m['computed'] or '-'} | {success} |")
     lines.append("")
     for p in presets:
         lines += [f"## `{p.name}`", "", p.description or f"{p.strategy} preset.", "",

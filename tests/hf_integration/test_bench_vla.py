@@ -164,3 +164,18 @@ def test_the_demo_robot_tab_runs_two_rollouts(folder, tmp_path):
     import dynaccel
 
     assert not dynaccel.active_handles(demo_vla.get_policy(folder).model)  # nothing left enabled
+
+
+def test_a_policy_preset_on_the_hub_says_how_its_success_was_measured():
+    from dynaccel.core.presets import Preset
+    from dynaccel.hf_integration.hub import model_card
+
+    preset = Preset(name="tiny-pi0-denoise-steps", strategy="denoise_steps", config={"steps": 4},
+                    architecture="PI0ForConditionalGeneration", model_id="tiny-pi0",
+                    provenance={"source": "dynaccel calibrate", "min_success": 0.95, "searched": "steps",
+                                "fit_episodes": 40, "date": "2026-12-04", "machine": {"device": "cpu"},
+                                "measured": {"heldout_success": 0.85, "heldout_full_success": 0.875,
+                                             "heldout_episodes": 40, "latency_speedup": 2.1}})
+    card = model_card([preset], "org/presets")
+    assert "| 2.10x |" in card and "85.0% (87.5%)" in card
+    assert "closed loop" in card and ">= 0.95 of full compute's" in card and "PSNR over all frames" not in card
