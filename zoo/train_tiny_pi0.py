@@ -47,8 +47,8 @@ TEXT_LEN = 8  # <bos> + the longest instruction (6 words) + room
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 IMAGE_TOKEN = "<image>"
 NORM_FILE = "norm_stats.json"
-DEFAULT_STEPS = 20000
-DEFAULT_FIT_SEEDS = 50
+DEFAULT_STEPS = 14000
+DEFAULT_FIT_SEEDS = 250
 #: model size: widths and depths of the vision tower, the PaliGemma LM and the action expert
 ARCH = dict(width=128, intermediate=256, vision_layers=2, text_layers=2, expert_layers=2, heads=4, kv_heads=1,
             head_dim=32, denoise_steps=10)
