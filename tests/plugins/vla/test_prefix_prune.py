@@ -14,14 +14,6 @@ import pi0_models as pm
 KINDS = ("pi0", "pi05")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def engine_of(handle):
     return next(iter(handle.parts.values())).engine
 

@@ -15,14 +15,6 @@ KINDS = ("pi0", "pi05")
 ALL = dict(similarity=0.99, max_reuse=1.0, task_relevant=0.0, layer_adaptive=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def prefix_caches(policy, inp):
     """The prefix KV cache of each layer as the action expert first sees it, for one inference."""
     seen = []
