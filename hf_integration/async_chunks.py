@@ -542,7 +542,16 @@ def _send_frame(stream: Any, obj: Any) -> None:
     stream.flush()
 
 
+#: what a frame on the private pipe between a ProcessPolicy and its child may hold: numpy arrays, plain containers,
+#: the package's own classes (observations, the factory's functions) and functools.partial; nothing else is loaded
+_ALLOWED_MODULES = ("numpy", "builtins", "collections", "functools", "dataclasses", "copyreg", "_codecs",
+                    __name__.rsplit(".hf_integration", 1)[0])
+_UNSAFE_BUILTINS = {"eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr", "globals",
+                    "locals", "vars", "input", "breakpoint"}
+
+
 def _recv_frame(stream: Any) -> Any:
+    import io
     import pickle
 
     head = stream.read(8)
@@ -552,7 +561,16 @@ def _recv_frame(stream: Any) -> Any:
     data = stream.read(size)
     if len(data) < size:
         raise EOFError("the policy process closed its pipe")
-    return pickle.loads(data)
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            top = module.split(".")[0]
+            allowed = top in {m.split(".")[0] for m in _ALLOWED_MODULES}
+            if not allowed or (module == "builtins" and name in _UNSAFE_BUILTINS):
+                raise pickle.UnpicklingError(f"the policy pipe refuses to load {module}.{name}")
+            return super().find_class(module, name)
+
+    return _Restricted(io.BytesIO(data)).load()
 
 
 def _serve_stdio() -> None:

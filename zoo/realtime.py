@@ -25,28 +25,20 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..hf_integration.async_chunks import RealClock
 from . import robot_tasks as rt
 
 
-class CameraClock:
+class CameraClock(RealClock):
     """Wall time with the simulated camera's rendering taken off: a robot's camera captures in parallel with
     control, while MuJoCo's OSMesa renders a frame on the CPU in about 10 ms (longer than a control period at
     100 Hz), so the frames are free on this clock, in the synchronous baseline and in the executor alike."""
-
-    simulated = False
 
     def __init__(self):
         self.paused = 0.0
 
     def now(self) -> float:
-        return time.perf_counter() - self.paused
-
-    def sleep(self, dt: float) -> None:
-        if dt > 0:
-            time.sleep(dt)
-
-    def sleep_until(self, t: float) -> None:
-        self.sleep(t - self.now())
+        return super().now() - self.paused
 
 
 class SimEnv:

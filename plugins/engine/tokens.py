@@ -171,17 +171,23 @@ def _dynaccel_attention(module: torch.nn.Module, query, key, value, attention_ma
     return engine.attention(module, query, key, value, attention_mask, **kwargs)
 
 
-def _register_attention(original: str) -> str:
-    """Register ``dynaccel_<original>`` in transformers' attention and mask interfaces; returns the name."""
+def register_wrapped_attention(prefix: str, original: str, function: Callable) -> str:
+    """Register ``<prefix><original>`` in transformers' attention interface (``function``) and mask interface (the
+    original's mask function), once per process; returns the name. Shared with the VLA family's prefix engine."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    name = _PREFIX + original
+    name = prefix + original
     if name not in AttentionInterface._global_mapping:
-        AttentionInterface.register(name, _dynaccel_attention)
+        AttentionInterface.register(name, function)
     if name not in AttentionMaskInterface._global_mapping:
         AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[original])
     return name
+
+
+def _register_attention(original: str) -> str:
+    """Register ``dynaccel_<original>`` in transformers' attention and mask interfaces; returns the name."""
+    return register_wrapped_attention(_PREFIX, original, _dynaccel_attention)
 
 
 def original_attention_name(config: Any) -> str:

@@ -29,6 +29,7 @@ import torch
 from ...core.errors import UnsupportedModelError
 from ..engine.policy_calls import PolicyCall, current_call
 from ..engine.token_kernels import query_rows_attention
+from ..engine.tokens import register_wrapped_attention
 from .engine import PolicyEngine
 
 _PREFIX = "dynaccel_vla_"
@@ -340,12 +341,4 @@ def _vla_attention(module, query, key, value, attention_mask, **kwargs):
 
 
 def _register_attention(original: str) -> str:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    name = _PREFIX + original
-    if name not in AttentionInterface._global_mapping:
-        AttentionInterface.register(name, _vla_attention)
-    if name not in AttentionMaskInterface._global_mapping:
-        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[original])
-    return name
+    return register_wrapped_attention(_PREFIX, original, _vla_attention)
