@@ -3,6 +3,7 @@
     python -m dynaccel.zoo.contact_sheet --out docs/tiny-wan-samples.png
     python -m dynaccel.zoo.contact_sheet --model tiny-flux --out docs/tiny-flux-samples.png
     python -m dynaccel.zoo.contact_sheet --model tiny-pi0 --out docs/tiny-pi0-rollouts.png
+    python -m dynaccel.zoo.contact_sheet --model expert --out docs/robot-tasks.png
 
 tiny-wan: one row per prompt: the prompt (and what ``synthetic.analyse_clip`` reads from the sample) as a label,
 then a few frames of the generated clip. tiny-flux: one row per prompt, one column per seed, with what
@@ -99,18 +100,26 @@ def contact_sheet(clips: np.ndarray, labels, frames=(0, 4, 8, 12, 16), scale: in
     return sheet
 
 
-def robot_rollouts(folder: str | None = None, episodes_per_task: int = 2, columns: int = 6):
-    """(clips (n, columns, 64, 64, 3) in [0, 1], labels): closed-loop rollouts of tiny-pi0 on held-out episodes,
-    ``columns`` frames evenly spaced from the first to the last step."""
+def robot_rollouts(folder: str | None = None, episodes_per_task: int = 2, columns: int = 6, policy=None,
+                   first_seed: int = 0):
+    """(clips (n, columns, 64, 64, 3) in [0, 1], labels): closed-loop rollouts on held-out episodes (the
+    ``first_seed``-th held-out seed on), ``columns`` frames evenly spaced from the first to the last step.
+
+    ``policy``: a chunking policy (``policy(observation)`` -> (k, 4) actions), ``"expert"`` for the scripted
+    expert, or None for tiny-pi0 (loaded from ``folder``, the zoo's by default)."""
     import dynaccel.zoo as zoo
     from dynaccel.zoo import robot_tasks as rt
-    from dynaccel.zoo.train_tiny_pi0 import Pi0Policy
 
-    policy = Pi0Policy.from_pretrained(folder or zoo.path("tiny-pi0"))
+    if policy is None:
+        from dynaccel.zoo.train_tiny_pi0 import Pi0Policy
+
+        policy = Pi0Policy.from_pretrained(folder or zoo.path("tiny-pi0"))
+    elif policy == "expert":
+        policy = rt.expert_policy
     clips, labels = [], []
     with rt.RobotSim() as sim:
         for name in rt.TASK_NAMES:
-            for seed in rt.heldout_seeds(episodes_per_task):
+            for seed in rt.heldout_seeds(episodes_per_task, first_seed):
                 obs = sim.reset(name, seed, render=True)
                 frames, success, done, steps = [obs.frame], False, False, 0
                 while not done and steps < rt.task(name).max_steps:
@@ -133,14 +142,20 @@ def main(argv=None):
     from dynaccel.zoo import synthetic, synthetic_images
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="tiny-wan", choices=["tiny-wan", "tiny-flux", "tiny-pi0"])
+    ap.add_argument("--model", default="tiny-wan", choices=["tiny-wan", "tiny-flux", "tiny-pi0", "expert"],
+                    help="expert: the robot tasks' scripted expert, one held-out episode per task")
     ap.add_argument("--out", default=None, help="PNG to write (default: docs/<model>-samples.png)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folder", default=None, help="pipeline folder (default: the zoo's model)")
     args = ap.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(__file__), "..", "docs", f"{args.model}-samples.png")
     torch.set_num_threads(2)
-    if args.model == "tiny-pi0":
+    if args.model == "expert":
+        out = args.out or os.path.join(os.path.dirname(__file__), "..", "docs", "robot-tasks.png")
+        clips, labels = robot_rollouts(policy="expert", episodes_per_task=1, columns=7, first_seed=3)
+        sheet = contact_sheet(clips, labels, frames=range(clips.shape[1]), scale=2,
+                              titles=["start"] + [f"{k}/{clips.shape[1] - 1}" for k in range(1, clips.shape[1])])
+    elif args.model == "tiny-pi0":
         out = args.out or os.path.join(os.path.dirname(__file__), "..", "docs", "tiny-pi0-rollouts.png")
         clips, labels = robot_rollouts(args.folder)
         sheet = contact_sheet(clips, labels, frames=range(clips.shape[1]), scale=2,

@@ -33,7 +33,9 @@ a software (OSMesa) render costs far more than a physics step::
 Rendering is headless through MuJoCo's OSMesa backend (Debian's ``libosmesa6``): importing this module sets
 ``MUJOCO_GL=osmesa`` unless the variable is already set (import it, or set the variable, before mujoco). Shadows
 and multisampling are off and the goal marker is drawn larger in the rendered copy of the scene (a 64x64 frame
-would show it as one pixel); the physics model is untouched. Meta-World (``pip install dynaccel[vla]``) is imported
+would show it as one pixel); for ``reach``, whose goal floats anywhere in a 3-D box, a green post joins the marker to
+its foot on the table, so that one camera shows the goal's height as well as its place (without it a frame cannot
+tell a high goal from a far one). The physics model is untouched: the post is drawn, never simulated. Meta-World (``pip install dynaccel[vla]``) is imported
 on first use, never by ``import dynaccel``.
 
 Run ``python -m dynaccel.zoo.robot_tasks --episodes 20`` for the expert's held-out success rate and timings.
@@ -68,7 +70,7 @@ FRONT_CAMERA = {"lookat": (0.0, 0.65, 0.05), "distance": 1.2, "azimuth": -90.0, 
 CAMERA = "front"
 ACTION_DIM = 4  # end-effector dx, dy, dz (scaled by Meta-World to 1 cm per unit) and gripper effort
 PROPRIO_DIM = 4  # end-effector x, y, z and gripper opening
-DATASET_FORMAT = 1
+DATASET_FORMAT = 2  # 2: reach frames show the goal post
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +81,15 @@ class RobotTask:
     env_name: str
     instruction: str
     max_steps: int
+    #: draw a post from the goal marker down to the table, and its foot, in the rendered copy of the scene: the
+    #: goal of ``reach`` floats anywhere in a 3-D box, and one camera alone cannot tell its height from its depth
+    goal_post: bool = False
 
 
 TASKS: dict[str, RobotTask] = {
     t.name: t
     for t in (
-        RobotTask("reach", "reach-v3", "reach the goal", 150),
+        RobotTask("reach", "reach-v3", "reach the goal", 150, goal_post=True),
         RobotTask("push", "push-v3", "push the puck to the goal", 200),
         RobotTask("drawer-open", "drawer-open-v3", "open the drawer", 200),
         RobotTask("button-press", "button-press-v3", "press the button", 200),
@@ -305,13 +310,41 @@ class RobotSim:
         t0 = time.perf_counter()
         if self.camera == "front":
             renderer.update_scene(self._env.data, camera=self._front)
+            self._draw_goal_post(renderer.scene)
             frame = renderer.render()
         else:
             renderer.update_scene(self._env.data, camera=self.camera)
+            self._draw_goal_post(renderer.scene)
             frame = renderer.render()[::-1].copy()  # Meta-World's fixed cameras give the image upside down
         self.render_seconds += time.perf_counter() - t0
         self.frames_rendered += 1
         return frame
+
+    #: the goal post: green, 1.2 cm wide, on a foot 2.5 cm in radius at the table top (z = 0 in Meta-World)
+    GOAL_POST_RGBA = (0.1, 0.85, 0.1, 1.0)
+    GOAL_POST_WIDTH = 0.006
+    GOAL_FOOT_RADIUS = 0.025
+
+    def _draw_goal_post(self, scene) -> None:
+        """Add the goal post and its foot to the scene about to be rendered (tasks with ``goal_post`` only)."""
+        assert self._task is not None and self._env is not None
+        if not self._task.goal_post or scene.ngeom + 2 > scene.maxgeom:
+            return
+        mujoco = self._mujoco
+        site = mujoco.mj_name2id(self._env.model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+        if site < 0:
+            return
+        top = np.asarray(self._env.data.site_xpos[site], np.float64).copy()
+        foot = np.array([top[0], top[1], 0.0])
+        rgba = np.asarray(self.GOAL_POST_RGBA, np.float32)
+        post = scene.geoms[scene.ngeom]
+        mujoco.mjv_initGeom(post, mujoco.mjtGeom.mjGEOM_CAPSULE, np.zeros(3), np.zeros(3), np.eye(3).ravel(), rgba)
+        mujoco.mjv_connector(post, mujoco.mjtGeom.mjGEOM_CAPSULE, self.GOAL_POST_WIDTH, top, foot)
+        scene.ngeom += 1
+        disc = scene.geoms[scene.ngeom]
+        mujoco.mjv_initGeom(disc, mujoco.mjtGeom.mjGEOM_CYLINDER, np.array([self.GOAL_FOOT_RADIUS, 0.005, 0.0]),
+                            foot + np.array([0.0, 0.0, 0.005]), np.eye(3).ravel(), rgba)
+        scene.ngeom += 1
 
     def _make_renderer(self, model):
         """A renderer on a copy of the model: no shadows and no multisampling (9x faster with OSMesa: 10 ms instead
@@ -488,6 +521,7 @@ def _dataset_key(tasks, seeds, chunk, size, camera, max_steps) -> dict:
         "chunk": int(chunk),
         "frame_size": int(size),
         "camera": camera,
+        "goal_post": [task(t).goal_post for t in tasks],
         "versions": versions(),
     }
 

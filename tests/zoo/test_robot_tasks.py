@@ -134,6 +134,26 @@ def test_layouts_differ_between_seeds_and_the_goal_is_on_screen(sim):
     assert np.abs(a.astype(int) - b.astype(int)).sum() > 0  # only the goal marker moved
 
 
+def _green_pixels(frame):
+    f = frame.astype(int)
+    return int(((f[..., 1] > 150) & (f[..., 0] < 100) & (f[..., 2] < 100)).sum())
+
+
+def test_reach_frames_show_how_high_the_goal_floats(sim):
+    """The reach goal floats in a 3-D box; the green post from the marker down to the table makes its height visible:
+    the higher the goal, the longer the post on screen. Only reach draws it, and drawing it changes no physics."""
+    heights, lengths = [], []
+    for s in rt.heldout_seeds(10):
+        obs = sim.reset("reach", s)
+        heights.append(obs.state[-1])
+        lengths.append(_green_pixels(obs.frame))
+    assert min(lengths) > 0
+    assert np.corrcoef(heights, lengths)[0, 1] > 0.6, (heights, lengths)
+    assert rt.task("reach").goal_post and not any(rt.task(t).goal_post for t in rt.TASK_NAMES if t != "reach")
+    state = sim.reset("reach", rt.HELDOUT_START, render=True).state
+    assert np.array_equal(state, sim.reset("reach", rt.HELDOUT_START, render=False).state)
+
+
 def test_expert_succeeds_on_heldout_seeds_of_every_task(sim):
     for task in rt.TASK_NAMES:
         for seed in rt.heldout_seeds(2, start=10):
