@@ -534,43 +534,140 @@ def _loop(executor: AsyncChunkExecutor, env: Any, tick: float, max_steps: int) -
 # ----------------------------------------------------------------------------------------------- process policy
 
 
-def _send_frame(stream: Any, obj: Any) -> None:
-    import pickle
+#: The private pipe between a ProcessPolicy and its child carries no pickles: a frame is a JSON header plus raw
+#: array buffers. JSON holds None, bools, numbers, strings, lists and dicts with string keys; tagged objects hold
+#: the rest: {"__nd__": k, "dtype": ..., "shape": ...} (the k-th buffer, a numpy array of a plain dtype),
+#: {"__tuple__": [...]}, {"__dict__": [[key, value], ...]} (other keys) and {"__dataclass__": "module:Qualname",
+#: "fields": {...}} (only the package's own dataclasses are rebuilt: an observation of the robot tasks, say).
+_PACKAGE = __name__.rsplit(".hf_integration", 1)[0]
 
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(len(data).to_bytes(8, "little") + data)
+
+def _encode(obj: Any, buffers: list) -> Any:
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return obj if math.isfinite(obj) or isinstance(obj, int) else {"__float__": repr(float(obj))}
+    if isinstance(obj, np.generic):
+        return _encode(obj.item(), buffers)
+    if hasattr(obj, "detach") and hasattr(obj, "numpy"):  # a torch tensor: sent as an array
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject or obj.dtype.kind not in "biufc":
+            raise TypeError(f"arrays of dtype {obj.dtype} cannot be sent to the policy process; accepted: bool, int, "
+                            "uint, float and complex arrays")
+        buffers.append(np.ascontiguousarray(obj).tobytes())
+        return {"__nd__": len(buffers) - 1, "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, buffers) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, buffers) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, buffers) for k, v in obj.items()}
+        return {"__dict__": [[_encode(k, buffers), _encode(v, buffers)] for k, v in obj.items()]}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        cls = type(obj)
+        if not cls.__module__.split(".")[0] == _PACKAGE.split(".")[0] or "<locals>" in cls.__qualname__:
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__} cannot be sent to the policy process; accepted: "
+                            f"numpy arrays, numbers, strings, lists, tuples, dicts and {_PACKAGE}'s own dataclasses")
+        return {"__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
+                "fields": {f.name: _encode(getattr(obj, f.name), buffers) for f in dataclasses.fields(obj)}}
+    raise TypeError(f"{type(obj).__name__} cannot be sent to the policy process; accepted: numpy arrays, numbers, "
+                    f"strings, lists, tuples, dicts and {_PACKAGE}'s own dataclasses")
+
+
+def _resolve(spec: str) -> Any:
+    """``"module:Qualname"`` -> the object (the module is imported)."""
+    import importlib
+
+    module, _, qualname = spec.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _decode(obj: Any, buffers: list) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, buffers) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__nd__" in obj:
+        return np.frombuffer(buffers[obj["__nd__"]], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+    if "__tuple__" in obj:
+        return tuple(_decode(v, buffers) for v in obj["__tuple__"])
+    if "__float__" in obj:
+        return float(obj["__float__"])
+    if "__dict__" in obj:
+        return {_decode(k, buffers): _decode(v, buffers) for k, v in obj["__dict__"]}
+    if "__dataclass__" in obj:
+        name = obj["__dataclass__"]
+        if name.split(".")[0].split(":")[0] != _PACKAGE.split(".")[0]:
+            raise ValueError(f"the policy pipe refuses to build {name}: only {_PACKAGE}'s own dataclasses")
+        cls = _resolve(name)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ValueError(f"the policy pipe refuses to build {name}: not a dataclass")
+        return cls(**{k: _decode(v, buffers) for k, v in obj["fields"].items()})
+    return {k: _decode(v, buffers) for k, v in obj.items()}
+
+
+def _send_frame(stream: Any, obj: Any) -> None:
+    import json
+
+    buffers: list[bytes] = []
+    head = json.dumps(_encode(obj, buffers), allow_nan=False).encode()
+    parts = [len(head).to_bytes(8, "little"), head, len(buffers).to_bytes(4, "little")]
+    for b in buffers:
+        parts += [len(b).to_bytes(8, "little"), b]
+    stream.write(b"".join(parts))
     stream.flush()
 
 
-#: what a frame on the private pipe between a ProcessPolicy and its child may hold: numpy arrays, plain containers,
-#: the package's own classes (observations, the factory's functions) and functools.partial; nothing else is loaded
-_ALLOWED_MODULES = ("numpy", "builtins", "collections", "functools", "dataclasses", "copyreg", "_codecs",
-                    __name__.rsplit(".hf_integration", 1)[0])
-_UNSAFE_BUILTINS = {"eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr", "globals",
-                    "locals", "vars", "input", "breakpoint"}
-
-
-def _recv_frame(stream: Any) -> Any:
-    import io
-    import pickle
-
-    head = stream.read(8)
-    if len(head) < 8:
-        raise EOFError("the policy process closed its pipe")
-    size = int.from_bytes(head, "little")
+def _read_exact(stream: Any, size: int) -> bytes:
     data = stream.read(size)
     if len(data) < size:
         raise EOFError("the policy process closed its pipe")
+    return data
 
-    class _Restricted(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            top = module.split(".")[0]
-            allowed = top in {m.split(".")[0] for m in _ALLOWED_MODULES}
-            if not allowed or (module == "builtins" and name in _UNSAFE_BUILTINS):
-                raise pickle.UnpicklingError(f"the policy pipe refuses to load {module}.{name}")
-            return super().find_class(module, name)
 
-    return _Restricted(io.BytesIO(data)).load()
+def _recv_frame(stream: Any) -> Any:
+    import json
+
+    head = json.loads(_read_exact(stream, int.from_bytes(_read_exact(stream, 8), "little")))
+    count = int.from_bytes(_read_exact(stream, 4), "little")
+    buffers = [_read_exact(stream, int.from_bytes(_read_exact(stream, 8), "little")) for _ in range(count)]
+    return _decode(head, buffers)
+
+
+def _factory_spec(factory: Any) -> dict:
+    """What the child needs to build the policy: ``{"call": "module:Qualname", "args": [...], "kwargs": {...}}``."""
+    import functools
+
+    args: tuple = ()
+    kwargs: dict = {}
+    if isinstance(factory, str):
+        func_name = factory
+        if ":" not in factory:
+            raise ValueError(f"factory={factory!r} is not accepted; accepted: 'module:function', a module-level "
+                             "function, or functools.partial of one")
+    else:
+        func = factory
+        if isinstance(factory, functools.partial):
+            func, args, kwargs = factory.func, factory.args, dict(factory.keywords)
+        qualname = getattr(func, "__qualname__", "")
+        module = getattr(func, "__module__", None)
+        if not callable(func) or not module or not qualname or "<" in qualname or module == "__main__":
+            raise ValueError(f"factory={factory!r} cannot be sent to another process; accepted: 'module:function', "
+                             "a function defined at the top of an importable module (not __main__, not a lambda), "
+                             "or functools.partial of one")
+        func_name = f"{module}:{qualname}"
+    spec = {"call": func_name, "args": list(args), "kwargs": kwargs}
+    try:
+        _encode(spec, [])
+    except TypeError as exc:
+        raise ValueError(f"factory={factory!r} cannot be sent to another process: its arguments must be numbers, "
+                         f"strings, lists, tuples, dicts or arrays ({exc})") from exc
+    return spec
 
 
 def _serve_stdio() -> None:
@@ -581,8 +678,8 @@ def _serve_stdio() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # prints of the policy must not corrupt the frames
     try:
-        factory = _recv_frame(stdin)
-        policy = factory()
+        spec = _recv_frame(stdin)
+        policy = _resolve(spec["call"])(*spec["args"], **spec["kwargs"])
     except BaseException as exc:  # the parent raises it
         _send_frame(stdout, ("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -605,13 +702,17 @@ def _serve_stdio() -> None:
 
 class ProcessPolicy:
     """A chunking policy that runs in its own process: ``ProcessPolicy(factory)(observation)`` sends the
-    observation (pickled, over a pipe) to a child Python process that built the policy with ``factory()``, and
-    returns its answer.
+    observation over a pipe to a child Python process that built the policy with ``factory()``, and returns its
+    answer.
 
     Handing it to :class:`AsyncChunkExecutor` gives the process variant of the executor: the worker thread only
     waits on a pipe, so the policy's Python work never competes with the control loop for the interpreter lock (a
-    separate policy server, as in lerobot's async inference, without a network). ``factory`` must be picklable: a
-    module-level function, or ``functools.partial`` of one. The child is a fresh interpreter started with this
+    separate policy server, as in lerobot's async inference, without a network). ``factory`` is named, not
+    pickled: ``"module:function"``, a function defined at the top of an importable module, or ``functools.partial``
+    of one whose arguments are numbers, strings, lists, tuples, dicts or numpy arrays; the child imports the module
+    and calls it. Observations and answers travel as JSON plus raw array buffers (no pickle on the pipe): numpy
+    arrays, plain values and containers, and the package's own dataclasses (a robot-task observation). The child
+    is a fresh interpreter started with this
     process's ``sys.path`` (no ``if __name__ == "__main__"`` guard needed in the caller's script); ``close()`` (or
     ``with``) stops it.
 
@@ -621,22 +722,14 @@ class ProcessPolicy:
             run_realtime(executor, env, control_hz=50, max_steps=200)
     """
 
-    def __init__(self, factory: Callable[[], Callable[[Any], Any]], start_timeout: float = 300.0):
+    def __init__(self, factory: Callable[[], Callable[[Any], Any]] | str, start_timeout: float = 300.0):
         import os
-        import pickle
         import select
         import subprocess
         import sys
         import threading
 
-        if not callable(factory):
-            raise ValueError(f"factory={factory!r} is not accepted; accepted: a picklable callable that returns the "
-                             "policy (a module-level function or functools.partial of one)")
-        try:
-            pickle.dumps(factory)
-        except Exception as exc:
-            raise ValueError(f"factory={factory!r} cannot be sent to another process ({exc}); accepted: a module-"
-                             "level function or functools.partial of one") from exc
+        spec = _factory_spec(factory)
         self._lock = threading.Lock()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         package = __name__.rsplit(".hf_integration", 1)[0]
@@ -644,7 +737,7 @@ class ProcessPolicy:
         self._process: Any = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                               stdout=subprocess.PIPE, env=env)
         try:
-            _send_frame(self._process.stdin, factory)
+            _send_frame(self._process.stdin, spec)
             ready, _, _ = select.select([self._process.stdout], [], [], start_timeout)
             if not ready:
                 raise RuntimeError(f"the policy process did not start within {start_timeout:.0f} s")

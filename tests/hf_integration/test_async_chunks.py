@@ -390,3 +390,98 @@ def test_the_docs_example_runs_and_prints_what_the_docs_show(capsys):
     shown = re.search(r"It prints:\n\n```\n(.*?)```", example, re.S).group(1)
     exec(compile(code, "docs/vla_async.md", "exec"), {})
     assert capsys.readouterr().out == shown
+
+
+# --------------------------------------------------------------------------------------- the process policy's pipe
+def scaled_policy(scale, offset=(0.0, 0.0)):
+    """A module-level factory for ProcessPolicy: its policy returns a (2, 2) chunk from the observation."""
+
+    def policy(observation):
+        x = np.asarray(observation["x"], np.float64)
+        return np.stack([x * scale + np.asarray(offset), x * -scale]).astype(np.float32)
+
+    return policy
+
+
+def test_the_pipe_round_trips_arrays_containers_and_the_packages_dataclasses_without_pickle():
+    import io
+
+    from dynaccel.hf_integration import async_chunks as ac
+    from dynaccel.zoo import robot_tasks as rt
+
+    obs = rt.RobotObservation(task="push", seed=3, step=7, instruction="push the puck to the goal",
+                              proprio=np.arange(4, dtype=np.float32), frame=np.zeros((64, 64, 3), np.uint8),
+                              state=np.linspace(0, 1, 39))
+    message = {"obs": obs, "pair": (1, "a", None), "nested": [{"k": np.int16(3)}], 5: "int key", "nan": float("nan"),
+               "bools": np.array([True, False]), "empty": np.zeros((0, 4), np.float16), "t": torch.ones(2, 3)}
+    stream = io.BytesIO()
+    ac._send_frame(stream, message)
+    assert b"pickle" not in stream.getvalue() and b"\x80\x05" not in stream.getvalue()[:2]
+    stream.seek(0)
+    back = ac._recv_frame(stream)
+    assert isinstance(back["obs"], rt.RobotObservation) and back["obs"].instruction == obs.instruction
+    for name in ("proprio", "frame", "state"):
+        got, want = getattr(back["obs"], name), getattr(obs, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert back["pair"] == (1, "a", None) and back["nested"] == [{"k": 3}] and back[5] == "int key"
+    assert np.isnan(back["nan"]) and back["bools"].dtype == bool and back["empty"].shape == (0, 4)
+    assert np.array_equal(back["t"], np.ones((2, 3), np.float32))
+    with pytest.raises(EOFError):
+        ac._recv_frame(io.BytesIO(stream.getvalue()[:-3]))
+
+
+@pytest.mark.parametrize("value, message", [
+    (np.array([object()]), "dtype object"),
+    (threading.Lock(), "cannot be sent"),
+    (PointEnv(), "PointEnv cannot be sent"),
+    (SimulatedClock(), "cannot be sent"),
+])
+def test_the_pipe_refuses_what_it_cannot_send_and_names_it(value, message):
+    import io
+
+    from dynaccel.hf_integration import async_chunks as ac
+
+    with pytest.raises(TypeError, match=message):
+        ac._send_frame(io.BytesIO(), {"x": value})
+
+
+def test_the_pipe_builds_only_the_packages_own_dataclasses():
+    import io
+    import json
+
+    from dynaccel.hf_integration import async_chunks as ac
+
+    head = json.dumps({"__dataclass__": "subprocess:Popen", "fields": {"args": ["true"]}}).encode()
+    frame = len(head).to_bytes(8, "little") + head + (0).to_bytes(4, "little")
+    with pytest.raises(ValueError, match="refuses to build subprocess:Popen"):
+        ac._recv_frame(io.BytesIO(frame))
+
+
+def test_a_process_policy_is_named_not_pickled_and_answers_from_its_own_process():
+    import functools
+    import os
+
+    from dynaccel.hf_integration.async_chunks import ProcessPolicy
+
+    local = scaled_policy(2.0, offset=(1.0, 0.5))
+    with ProcessPolicy(functools.partial(scaled_policy, 2.0, offset=(1.0, 0.5))) as remote:
+        assert remote.pid != os.getpid()
+        x = np.array([0.25, -1.0])
+        np.testing.assert_array_equal(remote({"x": x}), local({"x": x}))
+        with pytest.raises(RuntimeError, match="the policy process failed: KeyError"):
+            remote({"y": x})
+        np.testing.assert_array_equal(remote({"x": x}), local({"x": x}))  # still serving after a failure
+    with ProcessPolicy(f"{__name__}:make_doubling_policy") as remote:
+        np.testing.assert_array_equal(remote({"x": np.ones(2)}), np.full((2, 2), 2.0, np.float32))
+    with pytest.raises(ValueError, match="cannot be sent to another process"):
+        ProcessPolicy(lambda: local)
+    with pytest.raises(ValueError, match="its arguments must be"):
+        ProcessPolicy(functools.partial(scaled_policy, threading.Lock()))
+    with pytest.raises(ValueError, match="'module:function'"):
+        ProcessPolicy("no_colon_here")
+    with pytest.raises(RuntimeError, match="could not build the policy: .*ModuleNotFoundError"):
+        ProcessPolicy("no_such_module_xyz:factory")
+
+
+def make_doubling_policy():
+    return lambda observation: np.stack([np.asarray(observation["x"]) * 2] * 2).astype(np.float32)
