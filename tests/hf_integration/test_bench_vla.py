@@ -179,3 +179,15 @@ def test_a_policy_preset_on_the_hub_says_how_its_success_was_measured():
     card = model_card([preset], "org/presets")
     assert "| 2.10x |" in card and "85.0% (87.5%)" in card
     assert "closed loop" in card and ">= 0.95 of full compute's" in card and "PSNR over all frames" not in card
+
+
+def test_the_process_policy_example_of_the_docs_runs(capsys):
+    require_simulator()
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "vla_async.md").read_text()
+    section = text.split("## The policy in its own process\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "docs/vla_async.md", "exec"), {})
+    assert capsys.readouterr().out == "True True\n"
