@@ -31,7 +31,8 @@ def runnable(strategy_cls: type) -> bool:
     if getattr(strategy_cls, "comfyui_runner", None) not in RUNNERS or not hasattr(strategy_cls, "Policy"):
         return False
     needs = getattr(strategy_cls, "needs_capabilities", frozenset())
-    return not getattr(strategy_cls, "needs_adapter", True) or any(needs <= a.capabilities for a in comfy_adapters())
+    accepts = getattr(strategy_cls, "accepts", lambda caps: needs <= caps)
+    return not getattr(strategy_cls, "needs_adapter", True) or any(accepts(a.capabilities) for a in comfy_adapters())
 
 
 def comfy_strategies() -> list[type]:

@@ -198,12 +198,12 @@ class Registry:
 
     def supported_architectures(self, strategy: type[Strategy], among: type[ModelAdapter] = ModelAdapter) -> list[str]:
         """The architectures whose adapters (among ``among``) answer everything ``strategy`` needs, sorted."""
-        return sorted({arch for cls in self.adapter_classes(among) if strategy.needs_capabilities <= cls.capabilities
+        return sorted({arch for cls in self.adapter_classes(among) if strategy.accepts(cls.capabilities)
                        for arch in cls.architectures})
 
     def supports(self, adapter: ModelAdapter | None, strategy: type[Strategy]) -> bool:
         """Whether ``adapter`` (from :meth:`find_adapter`) answers everything ``strategy`` needs."""
-        return adapter is not None and strategy.needs_capabilities <= adapter.capabilities
+        return adapter is not None and strategy.accepts(adapter.capabilities)
 
     def adapter_for(self, model: Any, strategy: type[Strategy]) -> ModelAdapter:
         """The adapter ``strategy`` runs with on ``model``; UnsupportedModelError naming the supported architectures."""

@@ -31,6 +31,9 @@ class Strategy:
     needs_adapter: ClassVar[bool] = True
     #: adapter capabilities this strategy uses (checked before apply; see ModelAdapter.capabilities)
     needs_capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: other sets of capabilities it also runs with, each on its own (the token strategies on a VLM's decoder
+    #: layers, or on a robot policy's prefix through :data:`~dynaccel.core.adapters.FLOW_POLICY`)
+    alternative_capabilities: ClassVar[tuple[frozenset[str], ...]] = ()
     #: families this strategy refuses to share a model with (besides its own, which is replaced)
     conflicts_with: ClassVar[frozenset[str]] = frozenset()
     #: whether ``dynaccel bench`` runs it in its default rows on a diffusers pipeline; None: by family (the bench
@@ -45,6 +48,11 @@ class Strategy:
     #: no ComfyUI node. The ComfyUI pack builds its node list from this (and from the capabilities its model
     #: adapters answer), so a family gains nodes by declaring it on its Strategy base class
     comfyui_runner: ClassVar[str | None] = None
+
+    @classmethod
+    def accepts(cls, capabilities: frozenset[str]) -> bool:
+        """Whether an adapter answering ``capabilities`` gives this strategy everything it needs."""
+        return cls.needs_capabilities <= capabilities or any(alt <= capabilities for alt in cls.alternative_capabilities)
 
     @classmethod
     def signal_recording_config(cls) -> dict[str, Any]:

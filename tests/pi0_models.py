@@ -12,7 +12,7 @@ TEXT = 6
 CHUNK, ACTION_DIM, STATE_DIM = 6, 4, 8
 
 
-def config(kind: str = "pi0", expert_layers: int = 2, steps: int = 10):
+def config(kind: str = "pi0", expert_layers: int = 2, steps: int = 10, prefix_layers: int = 2):
     import transformers
 
     gemma = dict(model_type="gemma", vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
@@ -20,7 +20,7 @@ def config(kind: str = "pi0", expert_layers: int = 2, steps: int = 10):
     vision = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=64)
     vlm = dict(model_type="paligemma", vocab_size=VOCAB, image_token_index=IMAGE_TOKEN, projection_dim=64,
-               hidden_size=64, text_config={**gemma, "num_hidden_layers": 2}, vision_config=vision)
+               hidden_size=64, text_config={**gemma, "num_hidden_layers": prefix_layers}, vision_config=vision)
     cls = transformers.PI0Config if kind == "pi0" else transformers.PI05Config
     return cls(vlm_config=vlm, dit_config={**gemma, "num_hidden_layers": expert_layers}, chunk_size=CHUNK,
                max_state_dim=STATE_DIM, max_action_dim=ACTION_DIM, num_inference_steps=steps)

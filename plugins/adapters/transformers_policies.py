@@ -21,6 +21,7 @@ What the adapter answers:
 
 from __future__ import annotations
 
+import sys
 import types
 from typing import Any, ClassVar
 
@@ -79,6 +80,56 @@ class Pi0Adapter(ModelAdapter):
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: the prefix positions that hold image tokens."""
         return input_ids == self.image_token_id()
+
+    def prefix_layer_keys_values(self, layer: torch.nn.Module, hidden_states: torch.Tensor,
+                                 layer_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values prefix ``layer`` would cache for ``hidden_states`` (its input), without running the
+        rest of it: the input norm, the key and value projections and the rotary embedding of the keys. A layer's
+        keys and values depend on its input alone, so these equal the ones its own forward caches."""
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden_states)
+        shape = (*hidden_states.shape[:-1], -1, attn.head_dim)
+        keys = attn.k_proj(x).view(shape).transpose(1, 2)
+        values = attn.v_proj(x).view(shape).transpose(1, 2)
+        cos, sin = layer_kwargs["position_embeddings"]
+        rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb  # the model's own rotary function
+        _, keys = rotate(keys, keys, cos, sin)
+        return keys, values
+
+    def vision_score_attention(self) -> torch.nn.Module:
+        """The vision tower's attention whose output feeds the projector (SigLIP's last encoder layer)."""
+        tower = self.model.model.vlm.vision_tower
+        tower = getattr(tower, "vision_model", tower)  # SiglipVisionModel wraps a SiglipVisionTransformer
+        return tower.encoder.layers[-1].self_attn
+
+    @staticmethod
+    def vision_query_key(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(queries, keys, scale) of the vision attention ``attn`` for its input ``hidden_states``: (B, H, N, d)."""
+        b, n, _ = hidden_states.shape
+        q = attn.q_proj(hidden_states).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(hidden_states).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)
+        return q, k, float(attn.scale)
+
+    def image_token_scores(self, scores: torch.Tensor, input_ids: torch.Tensor,
+                           pixel_attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Per-image-patch scores (B * cameras, tokens per image), as the vision tower saw the images, placed where
+        the prefix holds each patch's image token: (B, L), NaN elsewhere. The cameras map to image tokens as in
+        ``embed_prefix``: the k-th image of a row fills the row's k-th run of image tokens, among its present
+        cameras (``pixel_attention_mask``)."""
+        b, length = input_ids.shape
+        per_image = scores.shape[-1]
+        cams = scores.shape[0] // b
+        flat = scores.reshape(b, cams * per_image).float()
+        image = self.image_token_mask(input_ids)
+        rank = image.long().cumsum(-1) - 1
+        camera, offset = rank // per_image, rank % per_image
+        present = (torch.ones(b, cams, dtype=torch.bool, device=scores.device) if pixel_attention_mask is None
+                   else pixel_attention_mask.bool().to(scores.device))
+        slot = present.long().cumsum(-1) - 1
+        match = (slot[:, None, :] == camera[..., None].to(slot.device)) & present[:, None, :]
+        index = (match.int().argmax(-1) * per_image + offset.to(slot.device)).clamp(0, cams * per_image - 1)
+        out = flat.gather(1, index)
+        return out.masked_fill(~image.to(out.device), float("nan"))
 
     # ---- the cache family on the action expert ------------------------------------------------------------------
     def attach(self) -> None:

@@ -8,6 +8,11 @@ records, for the last prompt token, the cosine similarity of each layer's input 
 skip the ``1 - keep_ratio`` fraction of layers with the highest similarity (never the first and last layer, and only
 layers at or above ``min_similarity``). A skipped layer passes the hidden state through and stores nothing in its KV
 cache for that token; later tokens attend to the entries it has. ``keep_ratio=1`` skips nothing.
+
+On a robot policy (π0, π0.5), whose prefix is computed once per inference, the similarity (over the prefix's tokens)
+is measured on the first inference of an episode and the later ones skip prefix layers; a skipped layer still caches
+the keys and values of its input for the action expert (:mod:`dynaccel.plugins.vla.prefix_tokens`). This is the
+cosine-similarity layer pruning of EfficientVLA (arXiv 2506.10100), measured per episode rather than offline.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ...core.adapters import FLOW_POLICY
 from ...core.config import StrategyConfig, option
 from ..token_pruning.base import TokenStrategy
 from ..engine.tokens import Forward, Policy
@@ -63,7 +69,13 @@ class LayerSkip(TokenStrategy):
     family = "early_exit"
     Config = LayerSkipConfig
     summary = "decode steps skip the layers whose input/output cosine similarity (measured on the prompt) is highest"
-    paper = "arXiv 2403.03853 (ShortGPT Block Influence; here per prompt, decode only)"
+    paper = "arXiv 2403.03853 (ShortGPT Block Influence; here per prompt, decode only); EfficientVLA arXiv 2506.10100"
+    alternative_capabilities = (frozenset({FLOW_POLICY}),)
 
     def make_policy(self, adapter, config, num_layers):
         return LayerSkipPolicy(config.keep_ratio, config.min_similarity, num_layers)
+
+    def policy_engine(self, model, adapter, config):
+        from ..vla.prefix_tokens import PrefixLayerSkipEngine
+
+        return PrefixLayerSkipEngine(model, adapter, config, self.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...core.adapters import DECODER_LAYERS
+from ...core.adapters import DECODER_LAYERS, FLOW_POLICY
 from ...core.errors import ConfigError, UnsupportedModelError
 from ...core.strategy import Handle, Strategy
 from ..engine.base import EngineHandle, apply_engine
@@ -40,13 +40,24 @@ class TokenStrategy(Strategy):
     """Base of the token strategies: subclasses build a :class:`Policy` from the config and the model."""
 
     needs_capabilities = frozenset({DECODER_LAYERS})
-    conflicts_with = frozenset({"token_pruning", "early_exit"})
+    #: the prefix of the VLA family's robot policies must not be pruned twice (vla_cache, prefix_prune)
+    conflicts_with = frozenset({"token_pruning", "early_exit", "vla"})
 
     def make_policy(self, adapter: Any, config: Any, num_layers: int) -> Policy:
         raise NotImplementedError
 
+    def policy_engine(self, model: Any, adapter: Any, config: Any) -> Any:
+        """The engine that runs this strategy on a robot policy's prefix (strategies that declare
+        ``alternative_capabilities = (frozenset({FLOW_POLICY}),)``; see :mod:`dynaccel.plugins.vla.prefix_tokens`)."""
+        raise NotImplementedError
+
     def apply(self, target: Any, config: Any, adapter: Any, run_probe: Any) -> Handle:
         check_transformers(self.name)
+        if DECODER_LAYERS not in adapter.capabilities and FLOW_POLICY in adapter.capabilities:
+            from ..vla.engine import PolicyHandle
+
+            engine = self.policy_engine(target, adapter, config)  # raises on bad input, before anything is installed
+            return apply_engine(self, target, config, engine, PolicyHandle)
         num_layers = len(adapter.decoder_layers())
         policy = self.make_policy(adapter, config, num_layers)  # raises on bad input, before anything is installed
         if policy.needs_scores or policy.needs_attention:

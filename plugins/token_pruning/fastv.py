@@ -4,7 +4,9 @@ Chen et al., "An Image is Worth 1/2 Tokens After Layer 2: Plug-and-Play Inferenc
 Vision-Language Models", ECCV 2024, arXiv 2403.06764. In the prefill, layer K-1's attention of the last prompt token
 ranks the visual tokens; from layer K on only the ``keep_ratio`` best-ranked ones (and every text token) are
 computed and cached. Kept tokens keep their original positions. On a text-only model the same rule ranks the prompt
-tokens instead (all but the first one and the last ``recent`` ones), as FastV's text-side ablation does.
+tokens instead (all but the first one and the last ``recent`` ones), as FastV's text-side ablation does. On a robot
+policy (π0, π0.5) it prunes the image tokens of the prefix the action expert reads, ranked by the instruction's
+attention (:mod:`dynaccel.plugins.vla.prefix_tokens`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...core.adapters import FLOW_POLICY
 from ...core.config import StrategyConfig, option
 from .base import TokenStrategy, check_layer
 from ..engine.tokens import SAME, Forward, Policy, select_tokens, text_candidates
@@ -58,7 +61,15 @@ class FastV(TokenStrategy):
     Config = FastVConfig
     summary = "prefill pruning at layer K by the last token's attention (visual tokens on VLMs, prompt tokens on LMs)"
     paper = "arXiv 2403.06764"
+    alternative_capabilities = (frozenset({FLOW_POLICY}),)
 
     def make_policy(self, adapter, config, num_layers):
         check_layer(self.name, "layer", config.layer, 1, num_layers - 1, num_layers)
         return FastVPolicy(config.layer, config.keep_ratio, config.recent)
+
+    def policy_engine(self, model, adapter, config):
+        from ..vla.prefix_tokens import fastv_engine
+
+        n = len(adapter.prefix_layers())
+        check_layer(self.name, "layer", config.layer, 1, n - 1, n)
+        return fastv_engine(model, adapter, config, self.name)

@@ -11,6 +11,8 @@ scores as to the features; newline tokens have no score and stay. The remaining 
 are merged: ``contextual`` of the kept budget goes to evenly spaced target tokens, each other token is averaged
 into its most similar target (cosine similarity of the projected features; the paper uses the encoder's keys).
 The LLM then runs on ``keep_ratio`` of the visual tokens from its first layer on, at their original positions.
+On a robot policy (π0, π0.5) the same selection prunes the image tokens of the prefix the action expert reads
+(:mod:`dynaccel.plugins.vla.prefix_tokens`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ...core.adapters import DECODER_LAYERS, VISION_SCORES, VISUAL_TOKENS
+from ...core.adapters import DECODER_LAYERS, FLOW_POLICY, VISION_SCORES, VISUAL_TOKENS
 from ...core.config import StrategyConfig, option
 from .base import TokenStrategy
 from ..engine.tokens import SAME, Forward, Policy
@@ -132,6 +134,12 @@ class VisionZip(TokenStrategy):
     summary = "keep the visual tokens the vision encoder attends to most, merge the rest into contextual tokens"
     paper = "arXiv 2412.04467"
     needs_capabilities = frozenset({DECODER_LAYERS, VISUAL_TOKENS, VISION_SCORES})
+    alternative_capabilities = (frozenset({FLOW_POLICY}),)
 
     def make_policy(self, adapter, config, num_layers):
         return VisionZipPolicy(config)
+
+    def policy_engine(self, model, adapter, config):
+        from ..vla.prefix_tokens import VisionZipPrefixEngine
+
+        return VisionZipPrefixEngine(model, adapter, config, self.name)

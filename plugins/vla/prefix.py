@@ -1,7 +1,8 @@
 """The prefix engine of the VLA family: π0's prefix language model computed on a subset of its tokens per layer.
 
-Two strategies build on it: ``vla_cache`` (tokens that did not change since the last inference keep that
-inference's keys, values and layer outputs) and ``prefix_prune`` (image tokens leave from a layer on). The engine
+Strategies that build on it: ``vla_cache`` (tokens that did not change since the last inference keep that
+inference's keys, values and layer outputs), ``prefix_prune`` and the token family's ``fastv`` (image tokens leave
+from a layer on) and ``visionzip`` (image tokens leave before the first layer, the rest merged into a few). The engine
 does the mechanics once, for a :class:`LayerPlan` per layer:
 
 - ``computed`` positions run through the layer's own forward: a forward pre-hook hands it their hidden states and
@@ -56,6 +57,7 @@ class LayerPlan:
     computed: torch.Tensor  # positions the layer computes
     reused: torch.Tensor  # positions with the last inference's keys, values and output
     dropped: torch.Tensor  # positions neither computed nor attended to (zero cache entries)
+    inputs: torch.Tensor | None = None  # (B, L, D): replaces the layer's input hidden states (merged tokens)
 
     @property
     def order(self) -> torch.Tensor:
@@ -232,6 +234,8 @@ class PrefixEngine(PolicyEngine):
             if plan is None or cache is None or (len(plan.reused) and self.last is None):
                 self.layer_ctx[i] = None
                 return None
+            if plan.inputs is not None:
+                hs = plan.inputs.to(hs.dtype)
             computed, reused, dropped = plan.computed.to(dev), plan.reused.to(dev), plan.dropped.to(dev)
             order = torch.cat([reused, computed])
             if len(reused):

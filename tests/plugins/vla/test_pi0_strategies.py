@@ -20,6 +20,8 @@ SETTINGS = {
     "easycache": ({"threshold": 0.0}, {"threshold": 2.0}),
     "taylorseer": ({"threshold": 0.0}, {"threshold": 2.0}),
     "prefix_prune": ({"keep_ratio": 1.0}, {"keep_ratio": 0.25}),
+    "fastv": ({"keep_ratio": 1.0, "layer": 1}, {"keep_ratio": 0.25, "layer": 1}),
+    "visionzip": ({"keep_ratio": 1.0}, {"keep_ratio": 0.25}),
 }
 
 
@@ -39,7 +41,7 @@ def test_off_is_bit_identical_on_changes_and_disable_restores(kind, name):
     stats = handle.stats
     if name == "denoise_steps":
         assert stats["steps_per_inference"] == 3 and stats["inferences"] == 1
-    elif name == "prefix_prune":
+    elif name in ("prefix_prune", "fastv", "visionzip"):
         assert stats["computed_fraction"] < 1 and len(stats["last_kept_positions"]) == pm.IMAGE_TOKENS // 4
     else:
         assert stats["skipped"] > 0 and stats["computed"] + stats["skipped"] == 10
