@@ -139,7 +139,8 @@ def _executor_options(part: str) -> dict[str, Any]:
 
 
 def default_rows(model: str) -> list[str]:
-    """Full compute, each VLA strategy at its preset (or defaults), the expert caches, a combination, async."""
+    """Full compute, each VLA strategy and the token strategies on the prefix at their presets (or defaults), the
+    expert caches, a combination, async."""
     from ..core.registry import get_registry
 
     presets = get_registry().presets
@@ -152,6 +153,9 @@ def default_rows(model: str) -> list[str]:
     rows.append(pick("vla-cache", "vla_cache"))
     rows.append("vla_cache:task_relevant=0.0,layer_adaptive=false")  # the paper's naive reuse, for contrast
     rows.append(pick("prefix-prune", "prefix_prune"))
+    rows.append(pick("fastv", "fastv:layer=1"))  # the token family on the prefix (layer 1: any prefix of 2+ layers)
+    rows.append(pick("visionzip", "visionzip"))
+    rows.append(pick("layer-skip", "layer_skip"))
     rows.append(pick("denoise-steps", "denoise_steps:steps=5"))
     for cache in ("teacache", "fbcache", "easycache", "taylorseer"):
         rows.append(pick(cache, cache))

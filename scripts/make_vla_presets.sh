@@ -15,12 +15,13 @@ LOGS=${LOGS:-vla-presets-logs}
 mkdir -p "$LOGS"
 export OMP_NUM_THREADS=1
 name=$(basename "$MODEL")
-run() {  # strategy family
+run() {  # strategy family [--set k=v ...]
     local s=$1 fam=$2
+    shift 2
     dynaccel calibrate --model "$MODEL" --strategy "$s" --min-success "$MIN_SUCCESS" --episodes "$EPISODES" \
-        --heldout-episodes "$HELDOUT" --out "core/presets/$fam-$name-${s//_/-}.json" > "$LOGS/$s.log" 2>&1 \
+        --heldout-episodes "$HELDOUT" --out "core/presets/$fam-$name-${s//_/-}.json" "$@" > "$LOGS/$s.log" 2>&1 \
         && echo "$s: $(tail -1 "$LOGS/$s.log")" || echo "$s: failed, see $LOGS/$s.log"
 }
-( run denoise_steps vla; run vla_cache vla; run prefix_prune vla; run easycache cache ) &
-( run fbcache cache; run teacache cache; run taylorseer cache ) &
+( run denoise_steps vla; run vla_cache vla; run prefix_prune vla; run easycache cache; run visionzip vla ) &
+( run fbcache cache; run teacache cache; run taylorseer cache; run fastv vla --set layer=1; run layer_skip vla ) &
 wait

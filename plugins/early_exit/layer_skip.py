@@ -18,7 +18,7 @@ cosine-similarity layer pruning of EfficientVLA (arXiv 2506.10100), measured per
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,6 +30,8 @@ from ..engine.tokens import Forward, Policy
 
 @dataclass(frozen=True)
 class LayerSkipConfig(StrategyConfig):
+    quality_knob: ClassVar[str] = "keep_ratio"  # what calibrate searches (closed-loop success on a policy)
+
     keep_ratio: float = option(0.75, doc="fraction of the decoder layers computed in decode steps (1.0 keeps all)", min=0.0, min_exclusive=True, max=1.0, step=0.05)
     min_similarity: float = option(0.0, doc="only layers whose input/output cosine similarity reaches this may be skipped", min=-1.0, max=1.0, step=0.01)
 

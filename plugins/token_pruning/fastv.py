@@ -12,7 +12,7 @@ attention (:mod:`dynaccel.plugins.vla.prefix_tokens`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ...core.adapters import FLOW_POLICY
 from ...core.config import StrategyConfig, option
@@ -22,6 +22,8 @@ from ..engine.tokens import SAME, Forward, Policy, select_tokens, text_candidate
 
 @dataclass(frozen=True)
 class FastVConfig(StrategyConfig):
+    quality_knob: ClassVar[str] = "keep_ratio"  # what calibrate searches (closed-loop success on a policy)
+
     layer: int = option(2, doc="prune after this many decoder layers (K; layer K-1's attention ranks the tokens)", min=1, max=1000)
     keep_ratio: float = option(0.5, doc="fraction of the prunable tokens kept (1.0 keeps everything)", min=0.0, min_exclusive=True, max=1.0, step=0.05)
     recent: int = option(8, doc="text-only models: the last tokens of the prompt that are never pruned", min=1, max=100000)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -32,6 +32,8 @@ from .kernels import query_rows_attention
 
 @dataclass(frozen=True)
 class VisionZipConfig(StrategyConfig):
+    quality_knob: ClassVar[str] = "keep_ratio"  # what calibrate searches (closed-loop success on a policy)
+
     keep_ratio: float = option(0.25, doc="fraction of the visual tokens the LLM sees (1.0 keeps everything)", min=0.0, min_exclusive=True, max=1.0, step=0.05)
     contextual: float = option(0.15, doc="share of the kept visual tokens that are merged contextual tokens", min=0.0, max=0.9, step=0.05)
 

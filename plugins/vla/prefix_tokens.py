@@ -14,7 +14,8 @@ adapter (:data:`~dynaccel.core.adapters.FLOW_POLICY`), with these differences:
   (attention received, averaged over queries: SigLIP has no class token); ``contextual`` of the kept budget are
   evenly spaced targets among the rest, each other token averaged into its most similar target (cosine similarity
   of the prefix's input features). The rest leave before the first prefix layer, for the prefix and the expert.
-- ``layer_skip``: skips the ``1 - keep_ratio`` fraction of the prefix layers (rounded; never the first). A skipped
+- ``layer_skip``: skips the ``1 - keep_ratio`` fraction of the prefix layers (rounded; never the first), and with
+  any ``keep_ratio < 1`` at least the free ones below. A skipped
   layer passes its input through, and still caches its keys and values for the expert: they depend on the layer's
   input alone (input norm, key/value projections, rotary embedding), so the expert reads exactly what that layer
   would have cached for its input. Hence the **last** prefix layer is skipped first and for free: its output is
