@@ -180,6 +180,7 @@ class PrefixEngine(PolicyEngine):
     def prefix_done(self) -> None:
         """The prefix forward ended (the cache holds the layers' keys and values)."""
 
+
     # ---- the prefix forward -------------------------------------------------------------------------------------
     def image_positions(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """The image-token positions, when every row of the batch has them in the same places."""
@@ -346,3 +347,31 @@ def _vla_attention(module, query, key, value, attention_mask, **kwargs):
 
 def _register_attention(original: str) -> str:
     return register_wrapped_attention(_PREFIX, original, _vla_attention)
+
+
+class PruningEngine(PrefixEngine):
+    """A prefix engine whose plans drop image tokens (prefix_prune, fastv, visionzip): dropped positions are masked
+    in the expert too, and the share of prefix token-layers computed is counted."""
+
+    masks_expert = True
+
+    def __init__(self, model, adapter, config, strategy):
+        super().__init__(model, adapter, config, strategy)
+        self.totals = {"token_layers": 0, "token_layers_computed": 0}
+        self.last_kept: list[int] = []
+
+    def reset(self, num_steps: int | None = None) -> None:
+        super().reset(num_steps)
+        self.totals = {"token_layers": 0, "token_layers_computed": 0}
+
+    def prefix_done(self) -> None:
+        L, n = self.now.input_ids.shape[1], len(self.layers)
+        self.totals["token_layers"] += L * n
+        self.totals["token_layers_computed"] += sum(len(self.plan[i].computed) if i in self.plan else L
+                                                    for i in range(n))
+
+    def extra_stats(self) -> dict[str, Any]:
+        t = self.totals
+        return {"prefix_token_layers": t["token_layers"], "prefix_token_layers_computed": t["token_layers_computed"],
+                "computed_fraction": t["token_layers_computed"] / t["token_layers"] if t["token_layers"] else 1.0,
+                "last_kept_positions": [int(p) for p in self.last_kept]}

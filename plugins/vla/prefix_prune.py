@@ -31,7 +31,7 @@ from ...core.errors import ConfigError
 from ...core.strategy import Strategy
 from ..engine.base import apply_engine
 from .engine import PolicyHandle
-from .prefix import LayerPlan, PrefixEngine
+from .prefix import LayerPlan, PruningEngine
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,7 @@ class PrefixPruneConfig(StrategyConfig):
                             "instruction's attention alone (FastV)", min=0.0, max=1.0, step=0.05)
 
 
-class PrefixPruneEngine(PrefixEngine):
-    masks_expert = True
-
+class PrefixPruneEngine(PruningEngine):
     def __init__(self, model, adapter, config, strategy):
         super().__init__(model, adapter, config, strategy)
         n = len(self.layers)
@@ -58,12 +56,6 @@ class PrefixPruneEngine(PrefixEngine):
                               f"1 <= layer < {n} (this model's prefix has {n} layers)")
         self.relevance: torch.Tensor | None = None
         self.kept_plan: LayerPlan | None = None
-        self.totals = {"token_layers": 0, "token_layers_computed": 0}
-        self.last_kept: list[int] = []
-
-    def reset(self, num_steps: int | None = None) -> None:
-        super().reset(num_steps)
-        self.totals = {"token_layers": 0, "token_layers_computed": 0}
 
     def plan_inference(self, now, last):
         self.relevance, self.kept_plan = None, None
@@ -107,19 +99,8 @@ class PrefixPruneEngine(PrefixEngine):
         self.last_kept = kept
         return LayerPlan(computed, everything[:0], dropped)
 
-    def prefix_done(self) -> None:
-        L, n = self.now.input_ids.shape[1], len(self.layers)
-        computed = sum(len(self.plan[i].computed) if i in self.plan else L for i in range(n))
-        self.totals["token_layers"] += L * n
-        self.totals["token_layers_computed"] += computed
-
     def extra_stats(self) -> dict[str, Any]:
-        t = self.totals
-        kept = self.last_kept.tolist() if isinstance(self.last_kept, torch.Tensor) else list(self.last_kept)
-        return {"layer": self.layer, "prefix_token_layers": t["token_layers"],
-                "prefix_token_layers_computed": t["token_layers_computed"],
-                "computed_fraction": t["token_layers_computed"] / t["token_layers"] if t["token_layers"] else 1.0,
-                "last_kept_positions": kept}
+        return {"layer": self.layer, **super().extra_stats()}
 
     def summary(self) -> str:
         s = self.stats()

@@ -38,7 +38,7 @@ import torch
 from ..engine.policy_calls import current_call
 from ..engine.token_kernels import query_rows_attention
 from .engine import PolicyEngine
-from .prefix import LayerPlan, PrefixEngine
+from .prefix import LayerPlan, PruningEngine
 from .prefix_prune import PrefixPruneEngine
 
 
@@ -48,10 +48,8 @@ def fastv_engine(model: Any, adapter: Any, config: Any, strategy: str) -> Prefix
                                                                     diverse=0.0), strategy)
 
 
-class VisionZipPrefixEngine(PrefixEngine):
+class VisionZipPrefixEngine(PruningEngine):
     """VisionZip on the prefix (see the module docstring)."""
-
-    masks_expert = True
 
     def __init__(self, model, adapter, config, strategy):
         super().__init__(model, adapter, config, strategy)
@@ -59,17 +57,11 @@ class VisionZipPrefixEngine(PrefixEngine):
         self.scores: torch.Tensor | None = None
         self.first_plan: LayerPlan | None = None
         self.later_plan: LayerPlan | None = None
-        self.totals = {"token_layers": 0, "token_layers_computed": 0}
-        self.last_kept: list[int] = []
         self.last_merged: int = 0
 
     def install(self) -> None:
         super().install()
         self.hooks.append(self.vision_attention.register_forward_pre_hook(self._vision_pre, with_kwargs=True))
-
-    def reset(self, num_steps: int | None = None) -> None:
-        super().reset(num_steps)
-        self.totals = {"token_layers": 0, "token_layers_computed": 0}
 
     @torch.no_grad()
     def _vision_pre(self, module, args, kwargs) -> None:
@@ -134,17 +126,8 @@ class VisionZipPrefixEngine(PrefixEngine):
         self.last_kept, self.last_merged = kept.tolist(), int(len(targets))
         return LayerPlan(everything[~torch.isin(everything, dropped)], everything[:0], dropped, inputs)
 
-    def prefix_done(self) -> None:
-        L, n = self.now.input_ids.shape[1], len(self.layers)
-        computed = sum(len(self.plan[i].computed) if i in self.plan else L for i in range(n))
-        self.totals["token_layers"] += L * n
-        self.totals["token_layers_computed"] += computed
-
     def extra_stats(self) -> dict[str, Any]:
-        t = self.totals
-        return {"prefix_token_layers": t["token_layers"], "prefix_token_layers_computed": t["token_layers_computed"],
-                "computed_fraction": t["token_layers_computed"] / t["token_layers"] if t["token_layers"] else 1.0,
-                "last_kept_positions": list(self.last_kept), "last_contextual_tokens": self.last_merged}
+        return {**super().extra_stats(), "last_contextual_tokens": self.last_merged}
 
     def summary(self) -> str:
         s = self.stats()
