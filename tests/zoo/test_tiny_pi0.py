@@ -33,4 +33,4 @@ def test_held_out_success_far_above_random_actions():
         random = sum(rt.rollout(lambda o: rng.uniform(-1, 1, (8, 4)), t, s, sim=sim, render=False).success
                      for t in rt.TASK_NAMES for s in rt.heldout_seeds(2))
     assert random <= 1
-    assert trained >= 5, result  # of 8 (76% over 80 held-out episodes)
+    assert trained >= 5, result  # of 8 (79% over 80 held-out episodes)
