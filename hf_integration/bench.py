@@ -40,6 +40,13 @@ from ..core.presets import MAX_FILE_BYTES
 # only, is left out: it does not apply to the video/image DiTs the zoo has)
 PEERS = ("fbcache", "magcache", "taylorseer", "fastercache", "pab", "seacache")
 
+#: solvers a fewer-steps row (``steps:N[:SOLVER]``) can use: the pipeline's own scheduler, or one of the multistep
+#: solvers diffusers ships for flow matching, built from the pipeline's scheduler config (its shift kept)
+SOLVERS = ("default", "unipc", "dpm++")
+
+#: fractions of the default step count the default fewer-steps rows use (30 steps: 12, 8, 4)
+FEWER_STEPS_FRACTIONS = (0.4, 0.27, 0.13)
+
 DEFAULT_PROMPTS = [
     "a red circle moving right fast",
     "a blue square moving up slow",
@@ -75,7 +82,7 @@ class BenchError(DynaccelError):
 class Setting:
     """One row: full compute, a dynaccel strategy, or a diffusers built-in cache (``peer``)."""
 
-    kind: str  # "full", "dynaccel" or "diffusers"
+    kind: str  # "full", "dynaccel", "diffusers" or "steps" (fewer steps; strategy = the solver, config = {"steps"})
     strategy: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     preset: str = ""  # the preset it came from, if any (then the label)
@@ -86,6 +93,8 @@ class Setting:
     def label(self) -> str:
         if self.kind == "full":
             return "full compute"
+        if self.kind == "steps":
+            return f"steps={self.config['steps']}" + ("" if self.strategy == "default" else f" {self.strategy}")
         if self.preset:
             return f"preset:{self.preset}"
         opts = ",".join(f"{k}={_short(self.spelled.get(k, v))}" for k, v in self.config.items())
@@ -129,10 +138,13 @@ def _typed(strategy: str, raw: dict[str, str]) -> dict[str, Any]:
 
 def parse_setting(text: str) -> Setting:
     """``teacache``, ``teacache:threshold=0.1,start=0.1``, ``diffusers:fbcache:threshold=0.1``,
-    ``preset:NAME_OR_PATH``, ``preset:NAME_OR_PATH:threshold=0.05`` (the preset with options overridden) or
-    ``full``."""
+    ``preset:NAME_OR_PATH``, ``preset:NAME_OR_PATH:threshold=0.05`` (the preset with options overridden),
+    ``steps:N`` / ``steps:N:unipc`` / ``steps:N:dpm++`` (no acceleration, N denoising steps with the pipeline's own
+    scheduler or a multistep solver) or ``full``."""
     if text == "full":
         return Setting("full")
+    if text.startswith("steps:"):
+        return parse_steps_setting(text)
     if text.startswith("preset:"):
         from ..core.api import resolve_preset
 
@@ -153,6 +165,49 @@ def parse_setting(text: str) -> Setting:
         raise ConfigError(f"unknown diffusers cache {name!r}; accepted: {', '.join('diffusers:' + p for p in PEERS)}")
     config = {k: _value(v) for k, v in raw.items()} if kind == "diffusers" else _typed(name, raw)
     return Setting(kind, name, config, spelled=raw)
+
+
+def parse_steps_setting(text: str) -> Setting:
+    """``steps:N[:SOLVER]`` -> a fewer-steps row (N >= 1; SOLVER one of :data:`SOLVERS`, default ``default``)."""
+    parts = text.split(":")
+    count = parts[1] if len(parts) > 1 else ""
+    solver = parts[2] if len(parts) > 2 else "default"
+    if len(parts) > 3 or not count.strip().isdigit() or int(count) < 1:
+        raise ConfigError(f"setting {text!r}: expected steps:N or steps:N:SOLVER with N a whole number >= 1 and "
+                          f"SOLVER one of {', '.join(SOLVERS)}; example: steps:12:unipc")
+    if solver not in SOLVERS:
+        raise ConfigError(f"setting {text!r}: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
+    return Setting("steps", solver, {"steps": int(count)})
+
+
+def fewer_steps_settings(default_steps: int, solvers: tuple[str, ...] = SOLVERS) -> list[Setting]:
+    """The fewer-steps rows ``dynaccel bench`` adds by default: each solver at :data:`FEWER_STEPS_FRACTIONS` of the
+    default step count (distinct counts >= 2 below it)."""
+    counts = sorted({max(2, round(default_steps * f)) for f in FEWER_STEPS_FRACTIONS} - {default_steps},
+                    reverse=True)
+    counts = [n for n in counts if n < default_steps]
+    return [Setting("steps", solver, {"steps": n}) for solver in solvers for n in counts]
+
+
+def solver_scheduler(pipe, solver: str):
+    """A scheduler for ``solver`` built from ``pipe``'s own scheduler config (``default``: the scheduler itself).
+
+    For flow-matching pipelines (a ``shift`` in the config) the multistep solvers run on flow sigmas with the same
+    shift, as diffusers documents for Wan: ``UniPCMultistepScheduler`` / ``DPMSolverMultistepScheduler``
+    (``dpmsolver++``) with ``prediction_type="flow_prediction"``, ``use_flow_sigmas=True``."""
+    if solver == "default":
+        return pipe.scheduler
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    cfg = dict(pipe.scheduler.config)
+    extra: dict[str, Any] = {}
+    if "shift" in cfg:  # flow matching
+        extra = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": float(cfg["shift"])}
+    if solver == "unipc":
+        return UniPCMultistepScheduler.from_config(cfg, **extra)
+    if solver == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", **extra)
+    raise ConfigError(f"unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
 
 
 def resolve_model(model: str) -> Path:
@@ -396,11 +451,12 @@ def run_bench(
     bar = tqdm(total=total, desc="bench", unit="gen", disable=progress is False)
 
     counter: AttentionCounter | None = None
+    call: dict[str, Any] = dict(call_kwargs)
 
     def generate(prompt, seed):
         if counter is not None and counter.count is not None:
             counter.count = 0  # keep the count of the last generation only
-        out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="pt", **call_kwargs)
+        out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="pt", **call)
         bar.update(1)
         return _frames(out)
 
@@ -419,12 +475,16 @@ def run_bench(
     full_passes = baseline.get("passes") if baseline else None
 
     def run_one(i: int, st: Setting, timed: bool, last: bool) -> None:
-        nonlocal counter, ratios, full_passes
+        nonlocal counter, ratios, full_passes, call
         bar.set_postfix_str(st.label)
         counter = _last_block_counter(pipe)
         handle = None
+        own_scheduler = pipe.scheduler
         try:
-            if st.kind == "dynaccel":
+            if st.kind == "steps":
+                pipe.scheduler = solver_scheduler(pipe, st.strategy)
+                call = {**call_kwargs, "num_inference_steps": st.config["steps"]}
+            elif st.kind == "dynaccel":
                 handle = pipe.enable_accel(st.strategy, **st.config)
             elif st.kind == "diffusers":
                 if st.strategy == "magcache" and ratios is None:
@@ -450,6 +510,8 @@ def run_bench(
                 elif st.kind == "diffusers" and st.strategy not in ("fbcache", "magcache", "seacache"):
                     work_of[i] = []  # attention-level peers still enter the modules they predict: not countable
         finally:
+            pipe.scheduler = own_scheduler
+            call = dict(call_kwargs)
             if st.kind == "dynaccel":
                 pipe.disable_accel()
             elif st.kind == "diffusers" and getattr(_denoiser(pipe), "is_cache_enabled", False):
@@ -462,7 +524,7 @@ def run_bench(
             try:
                 run_one(i, st, timed=False, last=False)
             except Exception as exc:  # a peer diffusers cannot run on this pipeline: report it, keep the others
-                if not_run is None or st.kind != "diffusers":
+                if not_run is None or st.kind not in ("diffusers", "steps"):
                     raise
                 why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
                 if st.strategy in _PEER_HINTS:
@@ -641,6 +703,18 @@ def write_json_and_plot(out_dir: Path, doc: dict[str, Any], draw: Callable[[Any]
     return json_path, png_path
 
 
+def fewer_steps_curves(rows: list[Row]) -> dict[str, list[Row]]:
+    """The fewer-steps rows per solver, full compute first, by speedup: the curves of the speed-quality plot."""
+    curves: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.kind == "steps":
+            solver = r.label.split(" ", 1)[1] if " " in r.label else "default"
+            curves.setdefault(solver, [])
+            curves[solver].append(r)
+    full = [r for r in rows if r.kind == "full"]
+    return {k: sorted(full + v, key=lambda r: r.speedup) for k, v in curves.items()}
+
+
 def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple[Path, Path]:
     """``bench.json`` and ``bench.png`` (speed vs PSNR) in ``out_dir``, each written atomically."""
 
@@ -654,6 +728,9 @@ def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple
             ax.scatter([r.speedup for r in pts], ys, marker=marker, s=60, label=kind)
             for r, y in zip(pts, ys):
                 ax.annotate(r.label, (r.speedup, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        for solver, style in fewer_steps_curves(rows).items():  # the baseline every cache must beat, as curves
+            xs, ys = zip(*((r.speedup, min(r.psnr_db, cap)) for r in style))
+            ax.plot(xs, ys, "--", marker=".", lw=1, label=f"fewer steps ({solver})")
         ax.set_xlabel("speedup vs full compute (wall clock)")
         ax.set_ylabel(f"PSNR vs full compute (dB; identical shown at {cap:.0f})")
         ax.set_title(f"{meta.get('model', '')}: speed vs quality ({meta.get('machine', {}).get('device', '')})")

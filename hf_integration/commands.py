@@ -112,6 +112,9 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
                    "(default: every dynaccel cache strategy, from the model's built-in presets where they exist). "
                    "Robot policies: several joined with '+' run together, 'async[:key=value,...]' adds the executor")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="add diffusers' built-in cache rows")
+@click.option("--fewer-steps/--no-fewer-steps", default=True, show_default=True,
+              help="add the rows every cache must beat: no acceleration at 40%, 27% and 13% of the steps with the "
+                   "pipeline's own scheduler, UniPC and DPM-Solver++ (unless -s gives steps:N rows)")
 @click.option("--prompt", "prompts", multiple=True, help="repeatable (default: the zoo model's four prompts)")
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
 @click.option("--steps", type=click.IntRange(2, 1000), default=None, help="denoising steps (default: the model's)")
@@ -130,7 +133,7 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
               help="robot policies: the real-time loop's control rate (80: Meta-World's own)")
 @click.option("--realtime-episodes", type=click.IntRange(0, 1000), default=2, show_default=True,
               help="robot policies: real-time episodes per task timed for control frequency (synchronous rows)")
-def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_dir, items, all_presets, episodes,
+def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, threads, out_dir, items, all_presets, episodes,
           tasks, control_hz, realtime_episodes):
     """Speed and quality of acceleration settings against full compute on one pipeline, on a transformers model
     (--model tiny-vlm or smollm2: token strategies; prefill, decode, memory, accuracy or agreement), or on a robot
@@ -186,6 +189,9 @@ def bench(model, settings, peers, prompts, seeds, steps, repeats, threads, out_d
     call = b.generation_defaults(model, path)
     if steps is not None:
         call["num_inference_steps"] = steps
+    if fewer_steps and not any(p.kind == "steps" for p in parsed):
+        default_steps = int(call.get("num_inference_steps") or 50)  # diffusers pipelines default to 50
+        parsed += b.fewer_steps_settings(default_steps)
     prompts = list(prompts) or b.default_prompts(model)
     not_run: list[dict[str, str]] = []
     rows = b.run_bench(pipe, parsed, prompts, seed_list, call, repeats, threads, not_run=not_run)

@@ -1,6 +1,7 @@
 """dynaccel bench on a local diffusers pipeline folder (a tiny Wan with a real tokenizer, built from config)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ def folder(tmp_path_factory):
 
 def test_bench_writes_table_json_and_plot(folder, tmp_path, capsys):
     out = tmp_path / "out"
-    main(["bench", "--model", str(folder), "-s", "fbcache:threshold=1.0", "-s", "teacache:threshold=0",
+    main(["bench", "--model", str(folder), "--no-fewer-steps", "-s", "fbcache:threshold=1.0",
+          "-s", "teacache:threshold=0",
           "-s", "smoothcache:threshold=1.0", "-s", "diffusers:fbcache:threshold=0.5", "--prompt",
           "a red circle moving left fast", "--seeds", "0,1", "--repeats", "1", "--out", str(out)])
     text = capsys.readouterr().out
@@ -134,7 +136,8 @@ def test_peer_that_cannot_run_is_reported_and_the_others_run(folder, tmp_path, c
     # diffusers' FasterCache expects CFG batched; WanPipeline runs two passes: the row is reported as not run,
     # PAB (which applies) and our strategy still get rows, and bench.json records why
     out = tmp_path / "out"
-    main(["bench", "--model", str(folder), "-s", "fbcache:threshold=0.5", "-s", "diffusers:fastercache",
+    main(["bench", "--model", str(folder), "--no-fewer-steps", "-s", "fbcache:threshold=0.5",
+          "-s", "diffusers:fastercache",
           "-s", "diffusers:pab", "--prompt", "a red circle moving left fast", "--repeats", "1", "--out", str(out)])
     text = capsys.readouterr().out
     doc = json.loads((out / "bench.json").read_text())
@@ -164,7 +167,8 @@ def test_all_presets_adds_the_models_quality_ladder(folder, monkeypatch, capsys)
 
     monkeypatch.setattr(bench, "run_bench", fake_run)
     with pytest.raises(Stop):
-        main(["bench", "--model", "tiny-wan", "--no-peers", "-s", "fbcache:threshold=0.1", "--all-presets"])
+        main(["bench", "--model", "tiny-wan", "--no-peers", "--no-fewer-steps", "-s", "fbcache:threshold=0.1",
+              "--all-presets"])
     ladder = sorted(f"preset:{n}" for n in get_registry().presets if n.startswith("tiny-wan-"))
     assert seen["labels"] == ["fbcache:threshold=0.1", *ladder]
     assert "preset:tiny-wan-taylorseer-56db" in ladder and "preset:tiny-flux-teacache" not in ladder
@@ -192,9 +196,12 @@ def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exis
         with pytest.raises(Stop):
             main(["bench", "--model", model, "--no-peers"])
     zoo_rows, folder_rows = seen
+    # then the fewer-steps rows: 40%, 27% and 13% of the default steps (tiny-wan: 30) per solver
+    fewer = [f"steps={n}{sfx}" for sfx in ("", " unipc", " dpm++") for n in (12, 8, 4)]
     assert zoo_rows == [f"preset:tiny-wan-{s}" for s in CACHE_STRATEGIES] + [
-        "preset:tiny-wan-taylorseer-48db", "preset:tiny-wan-taylorseer-56db"]
-    assert folder_rows == CACHE_STRATEGIES  # no presets for a local folder: each strategy at its defaults
+        "preset:tiny-wan-taylorseer-48db", "preset:tiny-wan-taylorseer-56db"] + fewer
+    # no presets for a local folder: each strategy at its defaults; its 6 steps give one fewer-steps count (2)
+    assert folder_rows == CACHE_STRATEGIES + ["steps=2", "steps=2 unipc", "steps=2 dpm++"]
 
 
 @pytest.mark.parametrize("kind", ["builtin", "file-architecture", "file-model-id"])
@@ -266,3 +273,58 @@ def test_setting_options_are_typed_and_checked_by_the_strategy_schema():
         bench.parse_setting("teacache:threshold=fast")
     with pytest.raises(dynaccel.ConfigError, match="unknown option 'thresold' for strategy 'fbcache'"):
         bench.parse_setting("fbcache:thresold=0.1")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("steps:0", "N a whole number >= 1"),
+    ("steps:x", "N a whole number >= 1"),
+    ("steps:4:euler", "unknown solver 'euler'; accepted: default, unipc, dpm++"),
+    ("steps:4:unipc:extra", "expected steps:N or steps:N:SOLVER"),
+])
+def test_bad_fewer_steps_settings_name_the_value_and_what_is_accepted(text, message):
+    with pytest.raises(dynaccel.ConfigError, match=message.replace("+", r"\+").replace("(", r"\(")):
+        bench.parse_setting(text)
+
+
+def test_fewer_steps_settings_follow_the_default_step_count():
+    assert [s.label for s in bench.fewer_steps_settings(30, ("default",))] == ["steps=12", "steps=8", "steps=4"]
+    assert [s.label for s in bench.fewer_steps_settings(50, ("unipc",))] == [
+        "steps=20 unipc", "steps=14 unipc", "steps=6 unipc"]
+    assert bench.fewer_steps_settings(2) == []  # nothing below 2 steps
+    assert bench.parse_setting("steps:7:dpm++") == bench.Setting("steps", "dpm++", {"steps": 7})
+
+
+def test_fewer_steps_rows_run_the_same_model_with_fewer_steps_and_other_solvers(folder):
+    pipe = bench.load_pipeline(folder)
+    own = pipe.scheduler
+    settings = [bench.parse_setting(s) for s in ("steps:6", "steps:3", "steps:3:unipc", "steps:3:dpm++")]
+    rows = bench.run_bench(pipe, settings, ["a red circle moving left fast"], [0], CALL, repeats=1, progress=False)
+    by = {r.label: r for r in rows}
+    assert by["steps=6"].psnr_db == float("inf")  # the default count with the own scheduler is full compute
+    assert by["steps=3"].computed == "6/12" and by["steps=3 unipc"].computed == "6/12"
+    # fewer steps change the output; each solver takes another path from the same noise
+    psnrs = [by[k].psnr_db for k in ("steps=3", "steps=3 unipc", "steps=3 dpm++")]
+    assert all(math.isfinite(p) and p > 5 for p in psnrs) and len(set(psnrs)) == 3
+    assert pipe.scheduler is own  # the pipeline's scheduler is back after each row
+    assert [r.kind for r in rows[1:]] == ["steps"] * 4
+    curves = bench.fewer_steps_curves(rows)
+    assert set(curves) == {"default", "unipc", "dpm++"}
+    assert {r.label for r in curves["unipc"]} == {"full compute", "steps=3 unipc"}
+    assert {r.label for r in curves["default"]} == {"full compute", "steps=6", "steps=3"}
+
+
+def test_a_solver_that_cannot_run_on_the_pipeline_is_reported_not_fatal(folder, monkeypatch):
+    pipe = bench.load_pipeline(folder)
+
+    def broken(pipe_, solver):
+        if solver == "unipc":
+            raise ValueError("The current scheduler class does not support custom sigmas")
+        return pipe_.scheduler
+
+    monkeypatch.setattr(bench, "solver_scheduler", broken)
+    not_run = []
+    rows = bench.run_bench(pipe, [bench.parse_setting("steps:3:unipc"), bench.parse_setting("steps:3")],
+                           ["a red circle moving left fast"], [0], CALL, repeats=1, progress=False, not_run=not_run)
+    assert [r.label for r in rows] == ["full compute", "steps=3"]
+    assert not_run == [{"setting": "steps=3 unipc",
+                        "error": "ValueError: The current scheduler class does not support custom sigmas"}]
