@@ -32,6 +32,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("dynaccel.token_pruning", f"{__name__}.plugins.token_pruning"),
     ("dynaccel.early_exit", f"{__name__}.plugins.early_exit"),
     ("dynaccel.vla", f"{__name__}.plugins.vla"),
+    ("dynaccel.distillation", f"{__name__}.plugins.distillation"),
     ("dynaccel.hf", f"{__name__}.hf_integration.plugin"),  # CLI commands, hub: presets, zoo model names
 )
 _plugin_manager.set_builtin_plugins(BUILTIN_PLUGINS)

@@ -48,6 +48,7 @@ def plugins(as_json: bool) -> None:
                 "strategies": [{"name": s, "family": reg.strategies[s].family} for s in info.strategies],
                 "adapters": info.adapters,
                 "presets": len(info.presets),
+                "distillers": list(info.distillers),
                 "distribution": info.distribution,
                 "version": info.version,
                 "builtin": info.builtin,
@@ -59,7 +60,8 @@ def plugins(as_json: bool) -> None:
     rows = [
         [
             e["plugin"],
-            ", ".join(f"{s['name']} ({s['family']})" for s in e["strategies"]) or "-",
+            ", ".join([f"{s['name']} ({s['family']})" for s in e["strategies"]]
+                      + [f"{d} (distillation)" for d in e["distillers"]]) or "-",
             ", ".join(e["adapters"]) or "-",
             e["distribution"],
             e["version"],

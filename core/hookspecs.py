@@ -32,6 +32,11 @@ def register_model_adapters(register: Callable) -> None:
 
 
 @hookspec
+def register_distillers(register: Callable) -> None:
+    """Register distillation methods: call ``register(DistillerSubclass)`` once for each (``dynaccel distill``)."""
+
+
+@hookspec
 def register_presets(register: Callable) -> None:
     """Register tuned presets: call ``register(Preset(...))`` once for each."""
 

@@ -54,6 +54,7 @@ class PluginInfo:
     strategies: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
     presets: list[str] = field(default_factory=list)
+    distillers: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """``plugin 'NAME' (distribution 'DIST')``, for messages."""

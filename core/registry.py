@@ -14,6 +14,7 @@ import threading
 from typing import Any, Callable
 
 from .adapters import ModelAdapter
+from .distiller import Distiller
 from .errors import ConfigError, PluginError, PresetError, UnknownStrategyError, UnsupportedModelError
 from .plugins import PluginInfo, build_plugin_manager, warn
 from .presets import Preset
@@ -26,8 +27,10 @@ class Registry:
         self.strategies: dict[str, type[Strategy]] = {}
         self.adapters: list[type[ModelAdapter]] = []
         self.presets: dict[str, Preset] = {}
+        self.distillers: dict[str, type[Distiller]] = {}
         self._strategy_owner: dict[str, str] = {}
         self._preset_owner: dict[str, str] = {}
+        self._distiller_owner: dict[str, str] = {}
         self._collect()
 
     # ---- calling hooks plugin by plugin ---------------------------------------------------------------------------
@@ -96,6 +99,18 @@ class Registry:
         self._collect_named("register_presets", "preset", preset_problem, self.presets, self._preset_owner,
                             "presets", "the first one is kept")
 
+        def distiller_problem(plugin: str, cls: Any) -> str | None:
+            if not (isinstance(cls, type) and issubclass(cls, Distiller)) or not getattr(cls, "name", ""):
+                return f"{self._who(plugin)}: {cls!r} is not a named Distiller subclass; skipped"
+            try:
+                cls.Config.fields_info()
+            except Exception as exc:
+                return f"{self._who(plugin)}: distiller {cls.name!r} has an invalid Config ({exc}); skipped"
+            return None
+
+        self._collect_named("register_distillers", "distiller", distiller_problem, self.distillers,
+                            self._distiller_owner, "distillers", "distiller names must be unique")
+
     def _collect_named(self, hook: str, what: str, problem: Callable[[str, Any], str | None], store: dict[str, Any],
                        owners: dict[str, str], info_list: str, on_clash: str) -> None:
         """Collect items with a unique ``name`` through ``hook``, plugin by plugin: an invalid item (``problem``
@@ -156,12 +171,15 @@ class Registry:
         self.strategies.clear()
         self.adapters.clear()
         self.presets.clear()
+        self.distillers.clear()
         self._strategy_owner.clear()
         self._preset_owner.clear()
+        self._distiller_owner.clear()
         for info in self.plugins.values():
             info.strategies.clear()
             info.adapters.clear()
             info.presets.clear()
+            info.distillers.clear()
         self._collect()
 
     # ---- lookups --------------------------------------------------------------------------------------------------
@@ -172,6 +190,14 @@ class Registry:
         except KeyError:
             available = ", ".join(sorted(self.strategies)) or "(none loaded)"
             raise UnknownStrategyError(f"unknown strategy {name!r}; available: {available}") from None
+
+    def distiller(self, name: str) -> type[Distiller]:
+        """The distillation method ``name``; ConfigError naming the available ones."""
+        try:
+            return self.distillers[name]
+        except KeyError:
+            available = ", ".join(sorted(self.distillers)) or "(none loaded)"
+            raise ConfigError(f"unknown distillation method {name!r}; available: {available}") from None
 
     def resolve_preset_reference(self, reference: str) -> Preset | None:
         """The preset a plugin resolves ``reference`` to (e.g. ``hub:ORG/REPO/NAME``), or None."""

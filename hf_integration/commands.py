@@ -21,7 +21,7 @@ from ..core.registry import get_registry
 
 def register(cli: click.Group) -> None:
     """Add the commands to the root group ``cli`` (``push``/``pull`` under its ``presets`` group)."""
-    for command in (bench, calibrate, demo, quickstart):
+    for command in (bench, calibrate, demo, distill, quickstart):
         cli.add_command(command)
     presets = cli.commands.get("presets")
     if not isinstance(presets, click.Group):  # a root group without the core listing: give push/pull a home
@@ -314,3 +314,56 @@ def demo(model, port, threads, no_warmup):
     d.launch(model, port=port, warmup=not no_warmup)
 
 
+
+
+@click.command()
+@click.option("--model", default="tiny-wan", show_default=True,
+              help="the teacher: a zoo model name or a local diffusers pipeline folder (flow matching, WanPipeline)")
+@click.option("--method", required=True, help="distillation method: reflow or perflow (or one a plugin registers)")
+@click.option("--steps", "student_steps", type=int, required=True, help="the student's sampling steps (>= 1)")
+@click.option("--out", required=True, type=click.Path(), help="folder for the student pipeline (created)")
+@click.option("--set", "options", multiple=True, help="key=value: an option of the method; repeatable")
+@click.option("--samples", type=int, default=512, show_default=True, help="teacher trajectories to distill from")
+@click.option("--train-steps", type=int, default=2000, show_default=True, help="optimiser steps (the schedule length)")
+@click.option("--batch", type=int, default=16, show_default=True, help="trajectories per optimiser step")
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="peak learning rate (AdamW)")
+@click.option("--ema", type=float, default=0.995, show_default=True, help="decay of the weights' moving average")
+@click.option("--seed", type=int, default=0, show_default=True, help="seeds the data and the training")
+@click.option("--prompts-file", type=click.Path(dir_okay=False), default=None,
+              help="prompts to distill on, one per line (default for zoo models: their fit prompts)")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="stop training after this many minutes (the student is saved; --resume continues)")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None,
+              help="stop after this many optimiser steps (reproduces a run that a time budget stopped)")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch threads (default: torch's)")
+@click.option("--force", is_flag=True, help="replace the content of a non-empty output folder")
+@click.option("--resume", is_flag=True, help="continue the interrupted run in --out from its last checkpoint")
+def distill(model, method, student_steps, out, options, samples, train_steps, batch, lr, ema, seed, prompts_file,
+            max_minutes, stop_after, threads, force, resume):
+    """Train a few-step student of a flow-matching pipeline (docs/distill.md): a pipeline folder of the same
+    classes with the student's transformer, generation defaults for its step count and a model card."""
+    import shlex
+
+    from . import bench as b
+    from . import distill as d
+
+    raw = b._options(f"--set {' '.join(options)}", ",".join(options)) if options else {}
+    ctx = click.get_current_context()
+    parts = ["dynaccel", "distill"]
+    for param in ctx.command.params:  # the options as given (defaults left out), for the model card
+        value = ctx.params.get(param.name)
+        if value in (None, False, ()) or value == param.default or param.name in ("resume", "force"):
+            continue
+        flag = param.opts[0]
+        for v in (value if isinstance(value, tuple) else (value,)):
+            parts += [flag] if value is True else [flag, str(v)]
+    command = " ".join(shlex.quote(x) for x in parts)
+    info = d.run(model, method, student_steps, out, options=raw, samples=samples, train_steps=train_steps,
+                 batch=batch, lr=lr, ema=ema, seed=seed, prompts_file=prompts_file, max_minutes=max_minutes,
+                 stop_after=stop_after, force=force, resume=resume, threads=threads, command=command,
+                 log=lambda m: click.echo(m, err=True))
+    t = info["training"]
+    state = "finished" if t["finished"] else f"stopped after {t['steps_done']} of {info['settings']['train_steps']} " \
+        "steps (--resume continues)"
+    click.echo(f"student of {model} in {info['settings']['steps']} steps ({method}): training {state}; "
+               f"{t['minutes']} min, final loss {t['final_loss']}; wrote {out}")

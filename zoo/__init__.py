@@ -84,6 +84,27 @@ def path(name: str) -> str:
     raise ValueError(f"unknown zoo model {name!r}; available: {models}")
 
 
+def distill_prompts(name: str) -> tuple[list[str], list[str]]:
+    """(fit prompts, held-out prompts) for distilling ``name`` (``dynaccel distill``); ([], []) when it has none.
+
+    tiny-wan: all 96 prompts of its grammar but 16 held out, the benchmark's four default prompts among them; the
+    held-out ones are never distilled on and judge the student."""
+    path(name)
+    if name != "tiny-wan":
+        return [], []
+    from . import synthetic  # numpy only
+
+    every = synthetic.all_prompts()
+    defaults = {(p.split()[1], p.split()[4]): p for p in _DEFAULT_PROMPTS["tiny-wan"]}
+    heldout = []  # one prompt per (colour, direction): each colour and each direction 4 times
+    for ci, colour in enumerate(synthetic.COLOURS):
+        for di, direction in enumerate(synthetic.DIRECTIONS):
+            heldout.append(defaults.get((colour, direction)) or synthetic.prompt_for(
+                colour, synthetic.SHAPES[(ci + di) % len(synthetic.SHAPES)], direction,
+                list(synthetic.SPEEDS)[(2 * ci + di) % len(synthetic.SPEEDS)]))
+    return [p for p in every if p not in heldout], heldout
+
+
 def generation_defaults(name: str) -> dict:
     """Pipeline call settings the model was trained for (size, frames, steps, guidance, sequence length)."""
     path(name)  # same error for an unknown name
@@ -96,4 +117,4 @@ def default_prompts(name: str) -> list[str]:
     return list(_DEFAULT_PROMPTS.get(name, []))
 
 
-__all__ = ["available", "default_prompts", "generation_defaults", "path"]
+__all__ = ["available", "default_prompts", "distill_prompts", "generation_defaults", "path"]

@@ -17,6 +17,7 @@ import dynaccel
 from dynaccel.core import hookspecs
 from dynaccel.core.adapters import ModelAdapter
 from dynaccel.core.config import StrategyConfig, option
+from dynaccel.core.distiller import Distiller, DistillerConfig
 from dynaccel.core.presets import Preset
 from dynaccel.core.strategy import Handle, Strategy
 
@@ -24,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "dynaccel_spec"))
 
 
-def test_the_hookspecs_are_the_documented_six():
-    assert HOOKS == ["identify_model", "register_commands", "register_model_adapters", "register_presets",
-                     "register_strategies", "resolve_preset"]
+def test_the_hookspecs_are_the_documented_seven():
+    assert HOOKS == ["identify_model", "register_commands", "register_distillers", "register_model_adapters",
+                     "register_presets", "register_strategies", "resolve_preset"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -90,6 +91,24 @@ class LinearAdapter(ModelAdapter):
         return isinstance(model, torch.nn.Linear)
 
 
+@dataclass(frozen=True)
+class HalfwayConfig(DistillerConfig):
+    at: float = option(0.5, doc="the noise level of every pair", min=0.0, max=1.0)
+
+
+class HalfwayDistiller(Distiller):
+    """Pairs at one noise level on the straight line (a test method)."""
+
+    name = "halfway_test"
+    summary = "every pair at one noise level"
+    Config = HalfwayConfig
+
+    def pairs(self, states, sigmas, generator):
+        s = torch.full((states.shape[0],), self.config.at)
+        noise, out = states[:, 0], states[:, -1]
+        return (1 - self.config.at) * out + self.config.at * noise, s, noise - out
+
+
 class TestPlugin:
     @dynaccel.hookimpl
     def register_strategies(self, register):
@@ -103,6 +122,10 @@ class TestPlugin:
     @dynaccel.hookimpl
     def register_presets(self, register):
         register(Preset(name="noop-half", strategy="noop_test", config={"scale": 0.5}))
+
+    @dynaccel.hookimpl
+    def register_distillers(self, register):
+        register(HalfwayDistiller)
 
     @dynaccel.hookimpl
     def register_commands(self, cli):
@@ -170,6 +193,22 @@ def test_hook_register_presets(plugged):
     assert "noop-half" in dynaccel.list_presets()
     handle = dynaccel.enable_accel(torch.nn.Linear(2, 2), preset="noop-half")
     assert handle.strategy == "noop_test" and handle.config.scale == 0.5
+
+
+def test_hook_register_distillers(plugged):
+    assert plugged.distiller("halfway_test") is HalfwayDistiller
+    assert plugged.plugins["test-plugin"].distillers == ["halfway_test"]
+    assert {"reflow", "perflow"} <= set(plugged.distillers)  # the built-in ones beside it
+    method = HalfwayDistiller(at=0.25)
+    states = torch.stack([torch.ones(2, 3), torch.zeros(2, 3)], dim=1)  # noise 1, output 0
+    x, s, v = method.pairs(states, torch.tensor([1.0, 0.0]), torch.Generator())
+    assert torch.equal(x, torch.full((2, 3), 0.25)) and torch.equal(v, torch.ones(2, 3)) and s.tolist() == [0.25] * 2
+    with pytest.raises(dynaccel.ConfigError, match="at"):
+        HalfwayDistiller(at=2.0)
+    with pytest.raises(dynaccel.ConfigError, match="unknown distillation method 'nope'; available: .*halfway_test"):
+        plugged.distiller("nope")
+    plugged.remove_plugin("test-plugin")
+    assert "halfway_test" not in plugged.distillers and "reflow" in plugged.distillers
 
 
 def test_hook_register_commands(plugged):
