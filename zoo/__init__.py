@@ -106,9 +106,20 @@ def distill_prompts(name: str) -> tuple[list[str], list[str]]:
 
 
 def generation_defaults(name: str) -> dict:
-    """Pipeline call settings the model was trained for (size, frames, steps, guidance, sequence length)."""
-    path(name)  # same error for an unknown name
-    return dict(_GENERATION_DEFAULTS.get(name, {}))
+    """Pipeline call settings the model was trained for (size, frames, steps, guidance, sequence length).
+
+    A distilled student (``tiny-wan-4step``) carries its own in ``dynaccel_generation.json`` (written by
+    ``dynaccel distill``: its step count, guidance 1)."""
+    folder = path(name)  # same error for an unknown name
+    if name in _GENERATION_DEFAULTS:
+        return dict(_GENERATION_DEFAULTS[name])
+    extra = os.path.join(folder, "dynaccel_generation.json")
+    if os.path.isfile(extra):
+        import json
+
+        with open(extra) as f:
+            return dict(json.load(f))
+    return {}
 
 
 def default_prompts(name: str) -> list[str]:

@@ -50,7 +50,28 @@ def _check(states: torch.Tensor, sigmas: torch.Tensor) -> int:
     return sigmas.shape[0] - 1
 
 
-class Reflow(Distiller):
+class StraightPaths(Distiller):
+    """Pairs on straight segments between two states of each trajectory: a subclass picks, per pair, the segment's
+    ends (indices ``a`` < ``b`` into the N + 1 states), the noise level ``s`` on it and the fraction ``f`` of the way
+    from ``a`` to ``b`` (``s = sigma_a + f * (sigma_b - sigma_a)``); the pair is the point ``x_a + f * (x_b - x_a)``
+    at ``s`` and the segment's secant velocity ``(x_b - x_a) / (sigma_b - sigma_a)``."""
+
+    def segments(self, n: int, b: int, sigmas: torch.Tensor, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def pairs(self, states, sigmas, generator):
+        n = _check(states, sigmas)
+        sig = sigmas.float()
+        a, b, s, f = self.segments(n, states.shape[0], sig, generator)
+        rows = torch.arange(states.shape[0])
+        xa, xb = states[rows, a], states[rows, b]
+        velocity = (xb - xa) / _expand(sig[b] - sig[a], xa).to(xa.dtype)
+        x = xa + _expand(f, xa).to(xa.dtype) * (xb - xa)
+        return x, s.to(states.dtype), velocity
+
+
+class Reflow(StraightPaths):
     """Rectified Flow (arXiv 2209.03003): the straight line from the teacher's noise to its output."""
 
     name = "reflow"
@@ -58,19 +79,15 @@ class Reflow(Distiller):
     paper = "Rectified Flow, arXiv 2209.03003 (reflow); InstaFlow, arXiv 2309.06380"
     Config = ReflowConfig
 
-    def pairs(self, states, sigmas, generator):
-        n = _check(states, sigmas)
-        b = states.shape[0]
-        noise, out = states[:, 0], states[:, n]
+    def segments(self, n, b, sigmas, generator):
         on_grid = torch.rand(b, generator=generator) < self.config.grid_share
         k = torch.randint(0, n, (b,), generator=generator)
         uniform = 1.0 - torch.rand(b, generator=generator)  # (0, 1]
-        s = torch.where(on_grid, sigmas.float()[k], uniform).to(states.dtype)
-        x = (1 - _expand(s, out)) * out + _expand(s, out) * noise
-        return x, s, noise - out
+        s = torch.where(on_grid, sigmas[k], uniform)
+        return torch.zeros(b, dtype=torch.long), torch.full((b,), n), s, 1.0 - s  # noise (sigma 1) to output (0)
 
 
-class Perflow(Distiller):
+class Perflow(StraightPaths):
     """Piecewise Rectified Flow (arXiv 2405.07510): the teacher's secant velocity over each of the student's steps."""
 
     name = "perflow"
@@ -78,15 +95,8 @@ class Perflow(Distiller):
     paper = "PeRFlow, arXiv 2405.07510 (piecewise rectified flow)"
     Config = PerflowConfig
 
-    def pairs(self, states, sigmas, generator):
-        n = _check(states, sigmas)
-        b = states.shape[0]
+    def segments(self, n, b, sigmas, generator):
         k = torch.randint(0, n, (b,), generator=generator)
         at_start = torch.rand(b, generator=generator) < self.config.grid_share
         u = torch.where(at_start, torch.zeros(b), torch.rand(b, generator=generator))
-        rows = torch.arange(b)
-        x0, x1 = states[rows, k], states[rows, k + 1]
-        s0, s1 = sigmas.float()[k], sigmas.float()[k + 1]
-        velocity = (x1 - x0) / _expand(s1 - s0, x0).to(x0.dtype)
-        x = x0 + _expand(u, x0).to(x0.dtype) * (x1 - x0)
-        return x, (s0 + u * (s1 - s0)).to(states.dtype), velocity
+        return k, k + 1, sigmas[k] + u * (sigmas[k + 1] - sigmas[k]), u  # window k: the student's step k
