@@ -159,8 +159,10 @@ def default_rows(model: str) -> list[str]:
     rows.append(pick("denoise-steps", "denoise_steps:steps=5"))
     for cache in ("teacache", "fbcache", "easycache", "taylorseer"):
         rows.append(pick(cache, cache))
-    rows.append(pick("combo", "vla_cache+denoise_steps:steps=5"))
+    steps = pick("denoise-steps", "denoise_steps:steps=5")
+    rows.append(pick("combo", f"{pick('vla-cache', 'vla_cache')}+{steps}"))  # the prefix and the expert together
     rows.append("async")
+    rows.append(f"{steps}+async")  # the executor around the fewer-steps policy
     return rows
 
 

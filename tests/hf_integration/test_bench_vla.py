@@ -42,6 +42,23 @@ def test_rows_parse_with_combinations_and_the_executor():
     assert bv.jerk(ramp) == pytest.approx(36.0)
 
 
+def test_default_rows_use_the_models_presets_and_parse(folder):
+    from dynaccel.core.registry import get_registry
+    from dynaccel.hf_integration import bench_vla as bv
+
+    rows = bv.default_rows("tiny-pi0")
+    names = get_registry().presets
+    assert rows[0] == "full" and rows[-2:] == ["async", "preset:tiny-pi0-denoise-steps+async"]
+    assert "tiny-pi0-denoise-steps" in names and "preset:tiny-pi0-vla-cache+preset:tiny-pi0-denoise-steps" in rows
+    assert "vla_cache:task_relevant=0.0,layer_adaptive=false" in rows  # the paper's naive reuse, for contrast
+    for row in rows:  # every row is a valid bench row: its presets exist and their configs check
+        bv.parse_row(row)
+    # a folder without presets: each strategy at its defaults, the same shape
+    plain = bv.default_rows(str(folder))
+    assert plain[-3:] == ["vla_cache+denoise_steps:steps=5", "async", "denoise_steps:steps=5+async"]
+    assert not any(r.startswith("preset:") for r in plain)
+
+
 def test_the_bench_reports_every_column_for_each_row(folder, tmp_path):
     require_simulator()
     from dynaccel.hf_integration import bench_vla as bv
