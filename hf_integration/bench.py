@@ -82,12 +82,13 @@ class BenchError(DynaccelError):
 class Setting:
     """One row: full compute, a dynaccel strategy, or a diffusers built-in cache (``peer``)."""
 
-    kind: str  # "full", "dynaccel", "diffusers" or "steps" (fewer steps; strategy = the solver, config = {"steps"})
+    kind: str  # "full", "dynaccel", "diffusers", "steps" (strategy = the solver, config = {"steps"}) or "student"
     strategy: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     preset: str = ""  # the preset it came from, if any (then the label)
     source: Any = field(default=None, repr=False, compare=False)  # that Preset, checked against the model
     spelled: dict[str, str] = field(default_factory=dict)  # options as the user wrote them (for the label)
+    student: str = ""  # kind "student": the student as named (zoo name or folder); strategy/config: a setting on it
 
     @property
     def label(self) -> str:
@@ -95,6 +96,9 @@ class Setting:
             return "full compute"
         if self.kind == "steps":
             return f"steps={self.config['steps']}" + ("" if self.strategy == "default" else f" {self.strategy}")
+        if self.kind == "student":
+            inner = dataclasses.replace(self, kind="dynaccel", student="")
+            return f"student:{self.student}" + (f"+{inner.label}" if self.strategy else "")
         if self.preset:
             return f"preset:{self.preset}"
         opts = ",".join(f"{k}={_short(self.spelled.get(k, v))}" for k, v in self.config.items())
@@ -145,6 +149,19 @@ def parse_setting(text: str) -> Setting:
         return Setting("full")
     if text.startswith("steps:"):
         return parse_steps_setting(text)
+    if text.startswith("student:"):
+        ref, _, inner = text[len("student:"):].partition("+")
+        if not ref.strip():
+            raise ConfigError(f"setting {text!r}: name the student, e.g. student:tiny-wan-4step or "
+                              "student:./my-student+teacache:threshold=0.1")
+        resolve_model(ref.strip())  # a zoo name or a pipeline folder, else a BenchError naming both
+        if not inner:
+            return Setting("student", student=ref.strip())
+        setting = parse_setting(inner)
+        if setting.kind != "dynaccel":
+            raise ConfigError(f"setting {text!r}: after '+' comes a dynaccel strategy or preset to run on the "
+                              f"student, not {inner!r}")
+        return dataclasses.replace(setting, kind="student", student=ref.strip())
     if text.startswith("preset:"):
         from ..core.api import resolve_preset
 
@@ -359,6 +376,8 @@ def validate_settings(pipe, settings: list[Setting]) -> None:
 
     reg = get_registry()
     for s in settings:
+        if s.kind == "student" and s.strategy:
+            reg.strategy(s.strategy).Config.from_kwargs(s.strategy, **s.config)
         if s.kind != "dynaccel":
             continue
         if s.source is not None:
@@ -420,6 +439,7 @@ class Row:
     psnr_min_db: float
     ssim: float
     stats: dict[str, Any] = field(default_factory=dict)
+    adherence: dict[str, float] = field(default_factory=dict)  # share of generations meeting each prompt criterion
 
 
 def run_bench(
@@ -433,8 +453,13 @@ def run_bench(
     progress: Callable[[str], Any] | None = None,
     baseline: dict[str, Any] | None = None,
     not_run: list[dict[str, str]] | None = None,
+    adherence: Callable[[Any, str], dict[str, bool]] | None = None,
 ) -> list[Row]:
     """Full compute first, then every setting; returns one row per setting (full compute first).
+
+    ``adherence``: a prompt-adherence scorer (``dynaccel.zoo.adherence``) that fills each row's ``adherence`` with
+    the share of its last round's generations meeting each criterion. ``student:`` rows run another pipeline (the
+    student's folder, loaded once) at its own generation settings, judged against this pipeline's full compute.
 
     ``baseline``: pass an empty dict to receive the full-compute measurement in it, and pass it back to later calls
     with the same prompts, seeds and settings to skip measuring full compute again.
@@ -452,11 +477,19 @@ def run_bench(
 
     counter: AttentionCounter | None = None
     call: dict[str, Any] = dict(call_kwargs)
+    active = pipe  # the pipeline generating: this one, or a student's
+    student_pipes: dict[str, Any] = {}
+
+    def student(ref: str):
+        if ref not in student_pipes:
+            folder = resolve_model(ref)
+            student_pipes[ref] = (load_pipeline(folder), generation_defaults(ref, folder))
+        return student_pipes[ref]
 
     def generate(prompt, seed):
         if counter is not None and counter.count is not None:
             counter.count = 0  # keep the count of the last generation only
-        out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="pt", **call)
+        out = active(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="pt", **call)
         bar.update(1)
         return _frames(out)
 
@@ -475,13 +508,18 @@ def run_bench(
     full_passes = baseline.get("passes") if baseline else None
 
     def run_one(i: int, st: Setting, timed: bool, last: bool) -> None:
-        nonlocal counter, ratios, full_passes, call
+        nonlocal counter, ratios, full_passes, call, active
         bar.set_postfix_str(st.label)
-        counter = _last_block_counter(pipe)
+        if st.kind == "student":
+            active, student_call = student(st.student)
+            call = dict(student_call)
+        counter = _last_block_counter(active)
         handle = None
         own_scheduler = pipe.scheduler
         try:
-            if st.kind == "steps":
+            if st.kind == "student" and st.strategy:
+                handle = active.enable_accel(st.strategy, **st.config)
+            elif st.kind == "steps":
                 pipe.scheduler = solver_scheduler(pipe, st.strategy)
                 call = {**call_kwargs, "num_inference_steps": st.config["steps"]}
             elif st.kind == "dynaccel":
@@ -499,8 +537,9 @@ def run_bench(
             outs, work = [], []
             for p, sd in jobs:
                 outs.append(generate(p, sd))
-                if last:  # a few dict lookups: negligible next to a generation
-                    work.append(_work_of(handle.stats if handle is not None else {}, counter))
+                if last:  # a few dict lookups: negligible next to a generation (a student's passes: out of the
+                    # teacher's full compute, from the pass counter)
+                    work.append(_work_of(handle.stats if handle is not None and st.kind != "student" else {}, counter))
             times[i].append((time.perf_counter() - t0) / len(jobs))
             if last:
                 outs_of[i], work_of[i] = outs, work
@@ -512,6 +551,9 @@ def run_bench(
         finally:
             pipe.scheduler = own_scheduler
             call = dict(call_kwargs)
+            if st.kind == "student" and st.strategy:
+                active.disable_accel()
+            active = pipe
             if st.kind == "dynaccel":
                 pipe.disable_accel()
             elif st.kind == "diffusers" and getattr(_denoiser(pipe), "is_cache_enabled", False):
@@ -524,7 +566,7 @@ def run_bench(
             try:
                 run_one(i, st, timed=False, last=False)
             except Exception as exc:  # a peer diffusers cannot run on this pipeline: report it, keep the others
-                if not_run is None or st.kind not in ("diffusers", "steps"):
+                if not_run is None or st.kind not in ("diffusers", "steps", "student"):
                     raise
                 why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
                 if st.strategy in _PEER_HINTS:
@@ -546,7 +588,20 @@ def run_bench(
         base_t, base = statistics.median(times[0]), outs_of[0]
         if baseline is not None:
             baseline.update(time=base_t, outputs=base, passes=full_passes)
-    rows = [Row("full compute", "full", base_t, 1.0, "all", math.inf, math.inf, 1.0)]
+    def adherent(outs: list[torch.Tensor]) -> dict[str, float]:
+        if adherence is None or not outs:
+            return {}
+        hits: dict[str, list[bool]] = {}
+        for (prompt, _), out in zip(jobs, outs):
+            x = out[0].permute(0, 2, 3, 1).numpy()  # (F, H, W, C) in [0, 1]
+            for k, ok in adherence(x[0] if x.shape[0] == 1 else x, prompt).items():
+                hits.setdefault(k, []).append(bool(ok))
+        return {k: sum(v) / len(v) for k, v in hits.items()}
+
+    rows = [Row("full compute", "full", base_t, 1.0, "all", math.inf, math.inf, 1.0,
+                adherence=dict(baseline.get("adherence", {})) if baseline else adherent(base))]
+    if baseline is not None and not baseline.get("adherence"):
+        baseline["adherence"] = rows[0].adherence
     offset = 0 if baseline else 1
     for k, setting in enumerate(settings):
         i = k + offset
@@ -565,7 +620,7 @@ def run_bench(
         mse = torch.cat([((o - b) ** 2).flatten(-3).mean(-1).flatten() for o, b in zip(outs, base)])
         frame_ssim = torch.cat([ssim(o, b).flatten() for o, b in zip(outs, base)])
         rows.append(Row(setting.label, setting.kind, t, base_t / t, computed, _psnr_of(float(mse.mean())),
-                        _psnr_of(float(mse.max())), float(frame_ssim.mean()), _jsonable(stats)))
+                        _psnr_of(float(mse.max())), float(frame_ssim.mean()), _jsonable(stats), adherent(outs)))
     bar.close()
     return rows
 
@@ -651,12 +706,15 @@ jsonable = _jsonable
 
 def format_table(rows: list[Row]) -> str:
     w = max(12, *(len(r.label) for r in rows))
+    criteria = list(dict.fromkeys(k for r in rows for k in r.adherence))  # prompt adherence columns, if scored
     head = f"{'setting':<{w}} {'time/gen (s)':>12} {'speedup':>8} {'computed':>12} {'PSNR (dB)':>10} {'min PSNR':>9} {'SSIM':>7}"
+    head += "".join(f" {k:>9}" for k in criteria)
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r.label:<{w}} {r.time_s:>12.3f} {r.speedup:>7.2f}x {r.computed:>12} {r.psnr_db:>10.2f} "
             f"{r.psnr_min_db:>9.2f} {r.ssim:>7.4f}"
+            + "".join(f" {r.adherence[k]:>9.0%}" if k in r.adherence else f" {'-':>9}" for k in criteria)
         )
     return "\n".join(lines)
 
@@ -720,7 +778,7 @@ def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple
 
     def draw(ax):
         cap = max([r.psnr_db for r in rows if math.isfinite(r.psnr_db)] or [40.0]) + 5
-        for kind, marker in (("dynaccel", "o"), ("diffusers", "s"), ("full", "*")):
+        for kind, marker in (("dynaccel", "o"), ("diffusers", "s"), ("student", "D"), ("full", "*")):
             pts = [r for r in rows if r.kind == kind]
             if not pts:
                 continue

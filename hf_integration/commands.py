@@ -143,6 +143,7 @@ def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, t
     from . import bench as b
     from . import bench_tokens as bt
     from . import bench_vla as bv
+    from .. import zoo
 
     if bv.is_policy_model(model):
         specs = [bv.parse_row(x) for x in settings or bv.default_rows(model)]
@@ -192,9 +193,12 @@ def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, t
     if fewer_steps and not any(p.kind == "steps" for p in parsed):
         default_steps = int(call.get("num_inference_steps") or 50)  # diffusers pipelines default to 50
         parsed += b.fewer_steps_settings(default_steps)
+        if model in zoo.available() and not any(p.kind == "student" for p in parsed):
+            parsed += [b.parse_setting(f"student:{name}") for name in zoo.students(model)]  # distilled students
     prompts = list(prompts) or b.default_prompts(model)
     not_run: list[dict[str, str]] = []
-    rows = b.run_bench(pipe, parsed, prompts, seed_list, call, repeats, threads, not_run=not_run)
+    scorer = zoo.adherence(model) if model in zoo.available() else None
+    rows = b.run_bench(pipe, parsed, prompts, seed_list, call, repeats, threads, not_run=not_run, adherence=scorer)
     meta = {"model": model, "path": str(path), "call": call, "prompts": prompts,
             "seeds": seed_list, "repeats": repeats, "machine": b.machine(), "date": time.strftime("%Y-%m-%d"),
             "not_run": not_run}

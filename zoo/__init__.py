@@ -105,6 +105,58 @@ def distill_prompts(name: str) -> tuple[list[str], list[str]]:
     return [p for p in every if p not in heldout], heldout
 
 
+def teacher_of(name: str) -> str | None:
+    """The zoo model a zoo student was distilled from (its ``distill_info.json``), or None for a trained model."""
+    info = os.path.join(path(name), "distill_info.json")
+    if not os.path.isfile(info):
+        return None
+    import json
+
+    with open(info) as f:
+        teacher = json.load(f).get("settings", {}).get("teacher")
+    return teacher if teacher in available() else None
+
+
+def students(name: str) -> list[str]:
+    """The zoo's distilled students of ``name`` (``tiny-wan`` -> ``["tiny-wan-4step"]``)."""
+    path(name)
+    return [m for m in available() if m != name and teacher_of(m) == name]
+
+
+def adherence(name: str):
+    """A scorer of prompt adherence for the zoo model ``name`` (its students use their teacher's), or None.
+
+    ``score(output, prompt) -> {criterion: bool}``: for tiny-wan a clip (F, H, W, 3) in [0, 1] and the criteria
+    ``colour`` and ``direction``; for tiny-flux an image (H, W, 3) and ``colour``, ``position``, ``size``. A prompt
+    outside the model's grammar gives ``{}``."""
+    base = teacher_of(name) or name
+    path(name)
+    if base == "tiny-wan":
+        from . import synthetic
+
+        def score_clip(clip, prompt: str) -> dict:
+            words = prompt.split()
+            if len(words) != 6 or words[1] not in synthetic.COLOURS or words[4] not in synthetic.DIRECTIONS:
+                return {}
+            read = synthetic.analyse_clip(clip)
+            return {"colour": read["colour"] == words[1], "direction": read["direction"] == words[4]}
+
+        return score_clip
+    if base == "tiny-flux":
+        from . import synthetic_images as si
+
+        def score_image(image, prompt: str) -> dict:
+            try:
+                labels = si.parse_prompt(prompt)
+            except ValueError:
+                return {}
+            read = si.analyse_image(image)
+            return {k: read[k] == labels[k] for k in ("colour", "position", "size")}
+
+        return score_image
+    return None
+
+
 def generation_defaults(name: str) -> dict:
     """Pipeline call settings the model was trained for (size, frames, steps, guidance, sequence length).
 
@@ -128,4 +180,5 @@ def default_prompts(name: str) -> list[str]:
     return list(_DEFAULT_PROMPTS.get(name, []))
 
 
-__all__ = ["available", "default_prompts", "distill_prompts", "generation_defaults", "path"]
+__all__ = ["adherence", "available", "default_prompts", "distill_prompts", "generation_defaults", "path", "students",
+           "teacher_of"]

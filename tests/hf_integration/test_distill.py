@@ -141,3 +141,39 @@ def test_retraining_is_bit_identical_and_resuming_continues_exactly(teacher, pro
     c = _weights(tmp_path / "c")
     assert all(torch.equal(a[k], c[k]) for k in a)
     assert not (tmp_path / "c" / d.WORK_DIR).exists()
+
+
+def test_bench_runs_a_student_against_its_teachers_full_compute(teacher, prompts, tmp_path):
+    out = tmp_path / "student"
+    _distill(teacher, prompts, out)
+    settings = [bench.parse_setting(f"student:{out}"), bench.parse_setting(f"student:{out}+fbcache:threshold=0.5"),
+                bench.parse_setting("steps:2")]
+    assert settings[1].label == f"student:{out}+fbcache:threshold=0.5" and settings[1].strategy == "fbcache"
+
+    def brightness(clip, prompt):  # a scorer of the zoo.adherence shape: criterion -> met
+        return {"bright": bool(clip.mean() > 0.3), "long": len(prompt) > 28}
+
+    pipe = bench.load_pipeline(teacher)
+    rows = bench.run_bench(pipe, settings, PROMPTS[:2], [0], CALL, repeats=1, progress=False, adherence=brightness)
+    by = {r.label: r for r in rows}
+    plain, cached = by[f"student:{out}"], by[f"student:{out}+fbcache:threshold=0.5"]
+    # 2 student steps without CFG: 2 passes, against the teacher's 6 steps x 2 branches
+    assert plain.kind == "student" and plain.computed == "2/12" and 0 < plain.psnr_db < float("inf")
+    assert "skipped" in cached.stats and cached.computed.endswith("/12")
+    assert pipe.transformer.__class__.__name__ == "WanTransformer3DModel" and not pipe.accel_stats  # teacher untouched
+    for r in rows:
+        assert set(r.adherence) == {"bright", "long"} and r.adherence["long"] == 0.5  # one prompt of two is long
+    table = bench.format_table(rows)
+    assert table.splitlines()[0].split()[-2:] == ["bright", "long"] and "50%" in table
+
+
+@pytest.mark.parametrize("text,message", [
+    ("student:", "name the student"),
+    ("student:/no/such/folder", "not a zoo model"),
+    ("student:tiny-wan+diffusers:fbcache", "a dynaccel strategy or preset to run on the student"),
+])
+def test_bad_student_settings_are_refused_naming_the_problem(text, message):
+    import dynaccel
+
+    with pytest.raises(dynaccel.DynaccelError, match=message):
+        bench.parse_setting(text)

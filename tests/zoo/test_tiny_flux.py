@@ -49,3 +49,15 @@ def test_samples_follow_the_prompt(reads, label):
     got = [r[label] for r in reads]
     hits = sum(w == g for w, g in zip(wanted, got))
     assert hits >= 0.8 * len(PROMPTS), list(zip(wanted, got))
+
+
+def test_adherence_scorer_reads_rendered_images():
+    import numpy as np
+
+    from dynaccel.zoo import synthetic_images as si
+
+    score = zoo.adherence("tiny-flux")
+    image = si.render_image("large", "green", "circle", "right", np.random.default_rng(0))
+    assert score(image, "a large green circle on the right") == {"colour": True, "position": True, "size": True}
+    assert score(image, "a small red circle on the left") == {"colour": False, "position": False, "size": False}
+    assert score(image, "not a grammar prompt") == {}

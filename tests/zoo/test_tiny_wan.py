@@ -67,3 +67,14 @@ def test_samples_move_in_the_prompted_direction(samples):
     wanted = [p.split()[4] for p in PROMPTS]
     hits = sum(r == w for r, w in zip(read, wanted))
     assert hits >= 0.8 * len(PROMPTS), list(zip(wanted, read))
+
+
+def test_adherence_scorer_reads_rendered_clips_and_ignores_other_prompts():
+    import numpy as np
+
+    score = zoo.adherence("tiny-wan")
+    clip = synthetic.render_clip("blue", "square", "left", "fast", np.random.default_rng(0))
+    assert score(clip, "a blue square moving left fast") == {"colour": True, "direction": True}
+    assert score(clip, "a red square moving up fast") == {"colour": False, "direction": False}
+    assert score(clip, "a photo of a cat") == {}
+    assert zoo.adherence("tiny-vlm") is None and zoo.teacher_of("tiny-wan") is None
