@@ -25,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
 
 from ...core.adapters import BLOCKS, ModelAdapter
+from ...core.api import AccelWarning
 from ...core.config import StrategyConfig, option
 from ...core.errors import ConfigError, DynaccelError
 from ...core.strategy import RunProbe, Strategy
@@ -40,6 +42,9 @@ from ..engine.runs import BranchRun, Run, RunTracker
 from . import kernels
 
 logger = logging.getLogger("dynaccel")
+
+#: a schedule of this many steps or fewer is a few-step one (a distilled student, LCM, Lightning...): caches warn
+FEW_STEPS = 8
 
 
 
@@ -225,13 +230,28 @@ class CacheEngine(Engine):
         self.tracker: RunTracker[RunState] = RunTracker(
             probe,
             make_run=lambda token, n: RunState(token, n, reused_per_block=[0] * len(self.specs)),
-            on_start=policy.run_started,
+            on_start=self._run_started,
             on_finish=self._run_finished,
         )
+        self._warned_few_steps = False
         self.run_hook = hook_name("cache", "run")
         self.block_hook = hook_name("cache", "block")
         self.installed = False
         self._attached = False
+
+    def _run_started(self, run: RunState) -> None:
+        self.policy.run_started(run)
+        n = run.num_steps
+        if n is not None and n <= FEW_STEPS and not self._warned_few_steps and self.config.threshold > 0:
+            self._warned_few_steps = True  # once per handle: a loop of generations is not a flood of warnings
+            forced = 1 + (1 if self.config.compute_last and n > 1 else 0)
+            warnings.warn(
+                f"{self.strategy} on a {n}-step schedule (a few-step or distilled model): step 0"
+                + (f" and step {n - 1} are" if forced == 2 else " is") + f" always computed, so at most {n - forced} "
+                f"of {n} passes can be reused, and each step changes the output far more than in a 30-50-step "
+                "run, so thresholds tuned at many steps rarely skip here and any skip costs more quality. "
+                "Calibrate on this model (dynaccel calibrate --model ...) and compare with its own fewer-steps "
+                "rows (dynaccel bench).", AccelWarning, stacklevel=2)
 
     @property
     def run(self) -> RunState | None:
