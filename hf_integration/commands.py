@@ -356,7 +356,8 @@ def distill(model, method, student_steps, out, options, samples, train_steps, ba
     parts = ["dynaccel", "distill"]
     for param in ctx.command.params:  # the options as given (defaults left out), for the model card
         value = ctx.params.get(param.name)
-        if value in (None, False, ()) or value == param.default or param.name in ("resume", "force"):
+        if value in (None, False, ()) or (value == param.default and param.name != "model") \
+                or param.name in ("resume", "force"):
             continue
         flag = param.opts[0]
         for v in (value if isinstance(value, tuple) else (value,)):

@@ -310,7 +310,8 @@ def model_card(info: dict[str, Any]) -> str:
         f"| data | {s['samples']} teacher trajectories over {len(s['prompts'])} prompts "
         f"({info['data_seconds']:.0f} s to generate) |",
         f"| training | {t['steps_done']} of {s['train_steps']} steps, batch {s['batch']}, lr {s['lr']}, EMA "
-        f"{s['ema']}, seed {s['seed']}; {t['minutes']} min; final loss {t['final_loss']} |",
+        f"{s['ema']}, seed {s['seed']}; {t['minutes']} min; final loss "
+        f"{t['final_loss'] if t['final_loss'] is None else round(float(t['final_loss']), 4)} |",
         f"| machine | {info['machine']} |",
         f"| command | `{info['command']}` |",
         "",

@@ -110,7 +110,7 @@ def test_the_student_folder_loads_with_the_stock_class_and_says_how_to_run_it(te
     info = json.loads((out / "distill_info.json").read_text())
     assert info["settings"]["method"] == "perflow" and info["settings"]["prompts"] == PROMPTS
     assert info["training"]["steps_done"] == 4 and info["training"]["finished"]
-    assert "--method perflow" in info["command"] and "--steps 2" in info["command"]
+    assert "--method perflow" in info["command"] and "--steps 2" in info["command"] and "--model" in info["command"]
     card = (out / "README.md").read_text()
     assert "2 steps, perflow" in card and "PeRFlow, arXiv 2405.07510" in card and str(teacher) in card
     assert not (out / d.WORK_DIR).exists()  # the work folder goes once the student is saved
