@@ -24,6 +24,7 @@ smoothness means nothing in VLA work, so every row has all three.
 from __future__ import annotations
 
 import json
+import os
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -386,18 +387,22 @@ def write_results(out_dir: Path, rows: list[VlaRow], meta: dict[str, Any],
 
     def draw(ax):
         full = next((r for r in rows if not r.settings and r.executor is None), None)
-        for r in rows:
+        own = f"preset:{os.path.basename(str(meta.get('model', '')).rstrip('/'))}-"
+        for k, r in enumerate(sorted(rows, key=lambda r: (r.latency_ms, r.mean_success))):
             marker = "s" if r.executor is not None else "o"
             ax.scatter([r.latency_ms], [100 * r.mean_success], marker=marker, s=30)
-            ax.annotate(r.label if len(r.label) < 40 else r.label[:37] + "...", (r.latency_ms, 100 * r.mean_success),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+            label = r.label.replace(own, "") if own != "preset:-" else r.label  # the model's presets by short name
+            label = label if len(label) < 40 else label[:37] + "..."
+            ax.annotate(label, (r.latency_ms, 100 * r.mean_success), fontsize=6,
+                        xytext=(3, 3 + 7 * (k % 3)), textcoords="offset points")  # staggered: neighbours overlap less
         if full is not None:
             ax.axhline(100 * full.mean_success, color="grey", linestyle="--", linewidth=0.8)
             ax.axhline(95 * full.mean_success, color="grey", linestyle=":", linewidth=0.8)
             ax.axvline(full.latency_ms, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xlabel("median policy latency per inference (ms)")
         ax.set_ylabel(f"held-out success (%), {rows[0].episodes if rows else 0} episodes per row")
-        ax.set_ylim(0, 102)
+        low = min([100 * r.mean_success for r in rows] or [0.0])
+        ax.set_ylim(max(0.0, low - 15), 102)
         m = meta.get("machine", {})
         ax.set_title(f"{meta.get('model', '')}: success vs latency ({m.get('device', '')}, "
                      f"{m.get('threads', '?')} thread(s); dashed: full compute, dotted: 95% of its success)",
