@@ -198,8 +198,9 @@ def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exis
     zoo_rows, folder_rows = seen
     # then the fewer-steps rows: 40%, 27% and 13% of the default steps (tiny-wan: 30) per solver
     fewer = [f"steps={n}{sfx}" for sfx in ("", " unipc", " dpm++") for n in (12, 8, 4)]
+    # and the zoo's distilled students of the model
     assert zoo_rows == [f"preset:tiny-wan-{s}" for s in CACHE_STRATEGIES] + [
-        "preset:tiny-wan-taylorseer-48db", "preset:tiny-wan-taylorseer-56db"] + fewer
+        "preset:tiny-wan-taylorseer-48db", "preset:tiny-wan-taylorseer-56db"] + fewer + ["student:tiny-wan-4step"]
     # no presets for a local folder: each strategy at its defaults; its 6 steps give one fewer-steps count (2)
     assert folder_rows == CACHE_STRATEGIES + ["steps=2", "steps=2 unipc", "steps=2 dpm++"]
 
