@@ -762,15 +762,14 @@ def write_json_and_plot(out_dir: Path, doc: dict[str, Any], draw: Callable[[Any]
 
 
 def fewer_steps_curves(rows: list[Row]) -> dict[str, list[Row]]:
-    """The fewer-steps rows per solver, full compute first, by speedup: the curves of the speed-quality plot."""
+    """The fewer-steps rows per solver, by speedup: the curves of the speed-quality plot (full compute is not on
+    them: it is drawn at the plot's cap, and a line to it would suggest step counts that were not measured)."""
     curves: dict[str, list[Row]] = {}
     for r in rows:
-        if r.kind == "steps":
+        if r.kind == "steps" and math.isfinite(r.psnr_db):
             solver = r.label.split(" ", 1)[1] if " " in r.label else "default"
-            curves.setdefault(solver, [])
-            curves[solver].append(r)
-    full = [r for r in rows if r.kind == "full"]
-    return {k: sorted(full + v, key=lambda r: r.speedup) for k, v in curves.items()}
+            curves.setdefault(solver, []).append(r)
+    return {k: sorted(v, key=lambda r: r.speedup) for k, v in curves.items()}
 
 
 def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple[Path, Path]:
@@ -792,6 +791,6 @@ def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple
         ax.set_xlabel("speedup vs full compute (wall clock)")
         ax.set_ylabel(f"PSNR vs full compute (dB; identical shown at {cap:.0f})")
         ax.set_title(f"{meta.get('model', '')}: speed vs quality ({meta.get('machine', {}).get('device', '')})")
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="upper right", fontsize=7)
 
     return write_json_and_plot(out_dir, {"meta": meta, "rows": [asdict(r) for r in rows]}, draw)
