@@ -1,4 +1,4 @@
-"""``dynaccel distill``: train a few-step student of a diffusers flow-matching pipeline.
+"""``dynaccel distill``: train a few-step student of a diffusers flow-matching pipeline (Wan or Flux).
 
     dynaccel distill --model tiny-wan --method perflow --steps 4 --out ./tiny-wan-4step
 
@@ -19,8 +19,8 @@ Three phases, each with a progress bar:
    in, one pass per step), a model card ``README.md`` and ``distill_info.json`` (teacher, method, data, steps, seed,
    times).
 
-Pipelines: Wan-style text-to-video pipelines with a flow-matching scheduler (``WanPipeline``: ``encode_prompt``,
-``prepare_latents`` and a transformer called as ``(hidden_states, timestep, encoder_hidden_states)``).
+Pipelines (:class:`FlowPipeline`): ``WanPipeline`` and ``FluxPipeline`` with a flow-matching scheduler, each driven
+as the pipeline drives itself (its ``encode_prompt``, ``prepare_latents``, sigma schedule and transformer call).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch
 from ..core.errors import DynaccelError
 
 WORK_DIR = ".dynaccel-distill"  # inside the output folder while training; removed when the student is saved
-SUPPORTED_PIPELINES = ("WanPipeline",)
+SUPPORTED_PIPELINES = ("WanPipeline", "FluxPipeline")
 CHUNK = 32  # teacher samples per saved chunk
 
 
@@ -74,8 +74,19 @@ class DistillSettings:
 # ---- the teacher pipeline ------------------------------------------------------------------------------------------
 
 
+Cond = dict  # text conditioning: name -> tensor with one row per prompt (dim 0)
+
+
+def take(cond: Cond, index: torch.Tensor) -> Cond:
+    """The conditioning rows ``index`` (one per sample)."""
+    return {k: v[index] for k, v in cond.items()}
+
+
 class FlowPipeline:
-    """What distillation needs from a Wan-style flow-matching pipeline: prompt embeddings, noise, velocity."""
+    """What distillation needs from a flow-matching pipeline: prompt conditioning, noise, the denoiser's velocity
+    and the scheduler's noise levels, each as the pipeline itself does it. Wan-style (``WanPipeline``: CFG as two
+    passes, timestep 1000 sigma) and Flux-style (``FluxPipeline``: packed latents with position ids, pooled text,
+    timestep sigma, the pipeline's own sigma schedule; distilled guidance where the model has a guidance embedding)."""
 
     def __init__(self, pipe, call: dict[str, Any]):
         name = type(pipe).__name__
@@ -87,53 +98,90 @@ class FlowPipeline:
                                "scheduler (no 'shift' in its config); the methods distill flow-matching pipelines")
         self.pipe, self.call = pipe, dict(call)
         self.transformer = pipe.transformer
+        self.kind = "flux" if name == "FluxPipeline" else "wan"
+        self.img_ids: torch.Tensor | None = None
+        self.txt_ids: torch.Tensor | None = None
+
+    @property
+    def cfg_scale(self) -> float:
+        """Classifier-free guidance of the teacher's sampling (Wan: ``guidance_scale``; Flux: none here)."""
+        return float(self.call.get("guidance_scale", 1.0)) if self.kind == "wan" else 1.0
 
     @torch.no_grad()
-    def embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(conditional (P, L, D), unconditional (1, L, D)) text embeddings, as the pipeline makes them."""
+    def embeddings(self, prompts: Sequence[str]) -> tuple[Cond, Cond]:
+        """(conditional, unconditional) text conditioning as the pipeline makes it; one row per prompt / one row."""
         msl = int(self.call.get("max_sequence_length", 512))
+        cpu = torch.device("cpu")
+        if self.kind == "flux":
+            embeds, pooled, self.txt_ids = self.pipe.encode_prompt(list(prompts), prompt_2=None, device=cpu,
+                                                                   max_sequence_length=msl)
+            e_embeds, e_pooled, _ = self.pipe.encode_prompt([""], prompt_2=None, device=cpu, max_sequence_length=msl)
+            return ({"embeds": embeds.float(), "pooled": pooled.float()},
+                    {"embeds": e_embeds.float(), "pooled": e_pooled.float()})
         cond, _ = self.pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False, max_sequence_length=msl,
-                                          device=torch.device("cpu"), dtype=torch.float32)
+                                          device=cpu, dtype=torch.float32)
         empty, _ = self.pipe.encode_prompt([""], do_classifier_free_guidance=False, max_sequence_length=msl,
-                                           device=torch.device("cpu"), dtype=torch.float32)
-        return cond, empty
+                                           device=cpu, dtype=torch.float32)
+        return {"embeds": cond}, {"embeds": empty}
 
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         cfg = self.transformer.config
-        return self.pipe.prepare_latents(n, cfg.in_channels, int(self.call.get("height", 480)),
-                                         int(self.call.get("width", 832)), int(self.call.get("num_frames", 81)),
+        h, w = int(self.call.get("height", 480)), int(self.call.get("width", 832))
+        if self.kind == "flux":
+            latents, self.img_ids = self.pipe.prepare_latents(n, cfg.in_channels // 4, h, w, torch.float32,
+                                                              torch.device("cpu"), generator)
+            return latents
+        return self.pipe.prepare_latents(n, cfg.in_channels, h, w, int(self.call.get("num_frames", 81)),
                                          torch.float32, torch.device("cpu"), generator)
 
-    @staticmethod
-    def velocity(model, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The denoiser's prediction at noise level ``sigma`` (B,), as the pipeline calls it (timestep = 1000 sigma)."""
-        return model(hidden_states=x, timestep=sigma.float() * 1000.0, encoder_hidden_states=cond,
+    def velocity(self, model, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The denoiser's prediction at noise level ``sigma`` (B,), called as the pipeline calls it."""
+        if self.kind == "flux":
+            if self.img_ids is None:  # position ids of the packed latents: fixed by the resolution
+                self.noise(1, torch.Generator().manual_seed(0))
+            guidance = None
+            if getattr(model.config, "guidance_embeds", False):
+                guidance = torch.full((x.shape[0],), float(self.call.get("guidance_scale", 3.5)))
+            return model(hidden_states=x, timestep=sigma.float(), guidance=guidance,
+                         pooled_projections=cond["pooled"], encoder_hidden_states=cond["embeds"],
+                         txt_ids=self.txt_ids, img_ids=self.img_ids, return_dict=False)[0]
+        return model(hidden_states=x, timestep=sigma.float() * 1000.0, encoder_hidden_states=cond["embeds"],
                      return_dict=False)[0]
 
     def sigmas(self, steps: int) -> torch.Tensor:
-        """The scheduler's N + 1 noise levels for ``steps`` steps (decreasing, ending at 0)."""
+        """The scheduler's N + 1 noise levels for ``steps`` steps as the pipeline sets them (decreasing, to 0)."""
         sched = copy.deepcopy(self.pipe.scheduler)
-        sched.set_timesteps(int(steps), device="cpu")
+        if self.kind == "flux":
+            import numpy as np
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+            seq = self.noise(1, torch.Generator().manual_seed(0)).shape[1]
+            cfg = sched.config
+            mu = calculate_shift(seq, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+            sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device="cpu", mu=mu)
+        else:
+            sched.set_timesteps(int(steps), device="cpu")
         return sched.sigmas.detach().float().clone()
 
     @torch.no_grad()
-    def trajectories(self, noise: torch.Tensor, cond: torch.Tensor, empty: torch.Tensor, student_sigmas: torch.Tensor
+    def trajectories(self, noise: torch.Tensor, cond: Cond, empty: Cond, student_sigmas: torch.Tensor
                      ) -> torch.Tensor:
-        """The teacher's guided Euler trajectories from ``noise`` on the union of its default schedule and
+        """The teacher's (guided) Euler trajectories from ``noise`` on the union of its default schedule and
         ``student_sigmas``; returns the states at ``student_sigmas``: (B, N + 1, ...)."""
         teacher = self.sigmas(int(self.call.get("num_inference_steps", 50)))
         grid = torch.unique(torch.cat([teacher, student_sigmas])).flip(0)  # decreasing, 1 ... 0
         keep = {round(float(s), 6) for s in student_sigmas}
-        g = float(self.call.get("guidance_scale", 1.0))
+        g = self.cfg_scale
         x = noise.float()
         states = [x] if round(float(grid[0]), 6) in keep else []
-        uncond = empty.expand(x.shape[0], *empty.shape[1:])
+        uncond = {k: v.expand(x.shape[0], *v.shape[1:]) for k, v in empty.items()}
+        both_cond = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
         for s, s_next in zip(grid[:-1], grid[1:]):
             sigma = s.expand(x.shape[0])
             if g > 1.0:  # both branches in one batched pass
-                both = self.velocity(self.transformer, torch.cat([x, x]), torch.cat([sigma, sigma]),
-                                     torch.cat([cond, uncond]))
-                v_c, v_u = both.chunk(2)
+                v_c, v_u = self.velocity(self.transformer, torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                         both_cond).chunk(2)
                 v = v_u + g * (v_c - v_u)
             else:
                 v = self.velocity(self.transformer, x, sigma, cond)
@@ -174,8 +222,8 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def generate_teacher_data(flow: FlowPipeline, settings: DistillSettings, work: Path, cond: torch.Tensor,
-                          empty: torch.Tensor, student_sigmas: torch.Tensor, progress: bool = True,
+def generate_teacher_data(flow: FlowPipeline, settings: DistillSettings, work: Path, cond: Cond,
+                          empty: Cond, student_sigmas: torch.Tensor, progress: bool = True,
                           log: Callable[[str], Any] = print) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The teacher's states at the student's noise levels for ``settings.samples`` samples, chunk by chunk (each
     chunk saved; chunks already on disk are loaded, not recomputed). Returns (states, prompt indices, seconds)."""
@@ -195,7 +243,7 @@ def generate_teacher_data(flow: FlowPipeline, settings: DistillSettings, work: P
             g = torch.Generator().manual_seed(settings.seed * 1_000_003 + i)  # chunk i depends on nothing else
             ids = torch.randint(0, len(settings.prompts), (n,), generator=g)
             noise = flow.noise(n, g)
-            traj = flow.trajectories(noise, cond[ids], empty, student_sigmas)
+            traj = flow.trajectories(noise, take(cond, ids), empty, student_sigmas)
             saved = {"states": traj, "prompt_ids": ids, "seconds": time.perf_counter() - t0}
             _save_atomic(saved, path)
             seconds += saved["seconds"]
@@ -207,7 +255,7 @@ def generate_teacher_data(flow: FlowPipeline, settings: DistillSettings, work: P
 
 
 def train_student(flow: FlowPipeline, method, settings: DistillSettings, states: torch.Tensor,
-                  prompt_ids: torch.Tensor, cond: torch.Tensor, student_sigmas: torch.Tensor, work: Path,
+                  prompt_ids: torch.Tensor, cond: Cond, student_sigmas: torch.Tensor, work: Path,
                   max_minutes: float | None = None, stop_after: int | None = None, checkpoint_minutes: float = 5.0,
                   progress: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Fine-tune a copy of the teacher's denoiser on ``method``'s pairs; resumes from ``work/checkpoint.pt``.
@@ -248,7 +296,7 @@ def train_student(flow: FlowPipeline, method, settings: DistillSettings, states:
             pg["lr"] = _lr(step, settings.train_steps, settings.lr)
         idx = torch.randint(0, n, (settings.batch,), generator=g)
         x, sigma, target = method.pairs(states[idx], student_sigmas, g)
-        pred = flow.velocity(student, x, sigma, cond[prompt_ids[idx]])
+        pred = flow.velocity(student, x, sigma, take(cond, prompt_ids[idx]))
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()

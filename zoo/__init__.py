@@ -87,9 +87,20 @@ def path(name: str) -> str:
 def distill_prompts(name: str) -> tuple[list[str], list[str]]:
     """(fit prompts, held-out prompts) for distilling ``name`` (``dynaccel distill``); ([], []) when it has none.
 
-    tiny-wan: all 96 prompts of its grammar but 16 held out, the benchmark's four default prompts among them; the
-    held-out ones are never distilled on and judge the student."""
+    tiny-wan and tiny-flux: all 96 prompts of their grammar but 16 held out (one per colour and direction /
+    position), the benchmark's four default prompts among them; the held-out ones are never distilled on and judge
+    the student."""
     path(name)
+    if name == "tiny-flux":
+        from . import synthetic_images as si  # numpy only
+
+        defaults = {(p.split()[2], p.split()[-1]): p for p in _DEFAULT_PROMPTS["tiny-flux"]}
+        heldout = []  # one prompt per (colour, position): each colour and each position 4 times
+        for ci, colour in enumerate(si.COLOURS):
+            for pi, position in enumerate(si.POSITIONS):
+                heldout.append(defaults.get((colour, position)) or si.prompt_for(
+                    list(si.SIZES)[(ci + pi) % 2], colour, si.SHAPES[(2 * ci + pi) % len(si.SHAPES)], position))
+        return [p for p in si.all_prompts() if p not in heldout], heldout
     if name != "tiny-wan":
         return [], []
     from . import synthetic  # numpy only

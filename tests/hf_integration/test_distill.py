@@ -177,3 +177,35 @@ def test_bad_student_settings_are_refused_naming_the_problem(text, message):
 
     with pytest.raises(dynaccel.DynaccelError, match=message):
         bench.parse_setting(text)
+
+
+
+def test_a_flux_teacher_samples_like_the_stock_pipeline_and_distills(tmp_path):
+    """The zoo's tiny-flux (FluxPipeline: packed latents, pooled text, no CFG): the trajectory ends where the stock
+    pipeline's sampling ends, and a short run writes a student the stock class loads."""
+    from diffusers import FluxPipeline
+
+    import dynaccel.zoo as zoo
+
+    call = zoo.generation_defaults("tiny-flux")
+    pipe = FluxPipeline.from_pretrained(zoo.path("tiny-flux"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    flow = d.FlowPipeline(pipe, {**call, "num_inference_steps": 5})
+    noise = flow.noise(2, torch.Generator().manual_seed(1))
+    cond, empty = flow.embeddings(["a large red circle on the left", "a small blue square on the top"])
+    own = flow.sigmas(5)
+    states = flow.trajectories(noise, cond, empty, own)
+    ref = pipe(["a large red circle on the left", "a small blue square on the top"], latents=noise.clone(),
+               output_type="latent", **{**call, "num_inference_steps": 5}).images
+    assert states.shape[1] == 6 and torch.allclose(states[:, -1], ref, atol=1e-4), (states[:, -1] - ref).abs().max()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a large red circle on the left\na small green triangle on the right\n")
+    out = tmp_path / "flux-student"
+    main(["distill", "--model", "tiny-flux", "--method", "reflow", "--steps", "2", "--samples", "2",
+          "--train-steps", "2", "--batch", "2", "--prompts-file", str(prompts), "--out", str(out)])
+    student = FluxPipeline.from_pretrained(str(out), local_files_only=True)
+    generation = json.loads((out / "dynaccel_generation.json").read_text())
+    assert generation["num_inference_steps"] == 2
+    image = student("a large red circle on the left", generator=torch.Generator().manual_seed(0), output_type="np",
+                    **generation).images
+    assert image.shape == (1, call["height"], call["width"], 3)

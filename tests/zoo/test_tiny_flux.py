@@ -61,3 +61,16 @@ def test_adherence_scorer_reads_rendered_images():
     assert score(image, "a large green circle on the right") == {"colour": True, "position": True, "size": True}
     assert score(image, "a small red circle on the left") == {"colour": False, "position": False, "size": False}
     assert score(image, "not a grammar prompt") == {}
+
+
+@pytest.mark.parametrize("name,criterion", [("tiny-wan", 4), ("tiny-flux", -1)])
+def test_distillation_prompts_hold_out_one_per_colour_and_direction_or_position(name, criterion):
+    from collections import Counter
+
+    fit, heldout = zoo.distill_prompts(name)
+    assert len(fit) == 80 and len(heldout) == 16 and not set(fit) & set(heldout)
+    assert set(zoo.default_prompts(name)) <= set(heldout)  # the bench's prompts are never distilled on
+    colour = 1 if name == "tiny-wan" else 2
+    assert set(Counter(p.split()[colour] for p in heldout).values()) == {4}
+    assert set(Counter(p.split()[criterion] for p in heldout).values()) == {4}
+    assert zoo.distill_prompts("tiny-vlm") == ([], [])
