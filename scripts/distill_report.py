@@ -6,7 +6,8 @@ Rows: the teacher at its default steps (the reference), the teacher at the stude
 scheduler and with UniPC (what taking fewer steps gives without training), and the student at its own settings
 (``dynaccel_generation.json``). Columns: seconds per generation (median of --repeats timed passes after a warm-up,
 one torch thread unless --threads), speedup, PSNR and SSIM against the teacher's default-steps output for the same
-prompt and seed, and for tiny-wan colour and direction adherence (``dynaccel.zoo.synthetic.analyse_clip``).
+prompt and seed, and prompt adherence read by the zoo's analysers (``dynaccel.zoo.adherence``: colour and direction
+for tiny-wan, colour, position and size for tiny-flux).
 Prompts: the student's held-out prompts (``distill_info.json``), never distilled on. Writes ``report.json`` and
 prints a table.
 """
@@ -25,7 +26,6 @@ import torch
 def main(argv=None):
     from dynaccel import zoo
     from dynaccel.hf_integration import bench as b
-    from dynaccel.zoo import synthetic
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", required=True, help="the student folder (written by dynaccel distill)")
@@ -46,6 +46,7 @@ def main(argv=None):
     student_call = json.loads((student_dir / "dynaccel_generation.json").read_text())
     n = int(student_call["num_inference_steps"])
 
+    scorer = zoo.adherence(args.teacher) if args.teacher in zoo.available() else None
     teacher = b.load_pipeline(teacher_dir)
     student = b.load_pipeline(student_dir)
     own = teacher.scheduler
@@ -75,22 +76,22 @@ def main(argv=None):
             reference = outs
         mse = torch.stack([((outs[k] - reference[k]) ** 2).mean() for k in outs])
         ssim = torch.stack([b.ssim(outs[k], reference[k]).mean() for k in outs])
-        colour = direction = 0
+        hits: dict[str, list[bool]] = {}
         for (p, _), x in outs.items():
-            clip = x[0].permute(0, 2, 3, 1).numpy()  # (F, H, W, C)
-            a = synthetic.analyse_clip(clip)
-            colour += a["colour"] == p.split()[1]
-            direction += a["direction"] == p.split()[4]
+            frames = x[0].permute(0, 2, 3, 1).numpy()  # (F, H, W, C)
+            for k, ok in (scorer(frames[0] if frames.shape[0] == 1 else frames, p) if scorer else {}).items():
+                hits.setdefault(k, []).append(bool(ok))
         results.append({"row": label, "kind": kind, "time_s": statistics.median(times),
                         "psnr_db": b.psnr_of(float(mse.mean())), "ssim": float(ssim.mean()),
-                        "colour": colour / len(outs), "direction": direction / len(outs)})
+                        **{k: sum(v) / len(v) for k, v in hits.items()}})
         pipe.scheduler = own if pipe is teacher else pipe.scheduler
     base = results[0]["time_s"]
-    print(f"{'row':<34} {'s/gen':>7} {'speedup':>8} {'PSNR':>7} {'SSIM':>6} {'colour':>7} {'direction':>9}")
+    criteria = [k for k in results[0] if k not in ("row", "kind", "time_s", "psnr_db", "ssim")]
+    print(f"{'row':<34} {'s/gen':>7} {'speedup':>8} {'PSNR':>7} {'SSIM':>6}" + "".join(f" {k:>9}" for k in criteria))
     for r in results:
         r["speedup"] = base / r["time_s"]
-        print(f"{r['row']:<34} {r['time_s']:>7.3f} {r['speedup']:>7.2f}x {r['psnr_db']:>7.2f} {r['ssim']:>6.3f} "
-              f"{r['colour']:>7.0%} {r['direction']:>9.0%}")
+        print(f"{r['row']:<34} {r['time_s']:>7.3f} {r['speedup']:>7.2f}x {r['psnr_db']:>7.2f} {r['ssim']:>6.3f}"
+              + "".join(f" {r.get(k, 0):>9.0%}" for k in criteria))
     doc = {"student": str(student_dir), "teacher": args.teacher, "prompts": prompts, "seeds": seeds,
            "threads": args.threads, "repeats": args.repeats, "machine": b.machine(), "rows": results,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "zoo_models": zoo.available()}
