@@ -122,6 +122,9 @@ class CachePolicy:
     level = "blocks"
     #: for block level: where the cached residual starts, "input" (of block 0) or "block0" (its output)
     anchor = "input"
+    #: at threshold 0 (never skips) the engine runs the pass untouched; False for policies that still need every
+    #: pass (a calibration run that records at threshold 0)
+    idle_when_off = True
 
     def __init__(self, config: CacheConfig, adapter: Any):
         self.config = config
@@ -341,6 +344,9 @@ class CacheEngine(Engine):
         call = self.tracker.observe(name, step=ctx_step, num_steps=ctx_steps, timestep=timestep)
         run, b, step = call.run, call.branch, call.step
         p = Pass(b, step, run.num_steps, self._forced(step, run.num_steps))
+        if self._idle():  # the off setting: nothing is measured, stored or decided; the pass is only counted
+            b.computed += 1
+            return orig(*args, **kwargs)
         self.current = p
         try:
             if self.policy.level == "model":
@@ -366,6 +372,12 @@ class CacheEngine(Engine):
         else:
             b.computed += 1
         return out
+
+    def _idle(self) -> bool:
+        """True for the off setting (threshold 0) of a policy that records nothing: the pass runs untouched, so
+        the off setting costs nothing but this check (no block-0 signal, no residual kept)."""
+        return (self.config.threshold <= 0 and self.policy.idle_when_off
+                and getattr(self.policy, "recorder", None) is None)
 
     def _model_input(self, args: tuple, kwargs: dict) -> torch.Tensor:
         x = self.io.denoiser_input(args, kwargs)
