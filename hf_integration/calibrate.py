@@ -50,6 +50,7 @@ class CalibrationResult:
     rows: list[bench.Row]
     chosen: bench.Row
     side_file: dict[str, Any] | None = None  # calibration data written beside the preset
+    learned_file: Path | None = None  # a trained file (learned_cache's predictor) copied beside the preset
 
 
 def fit_teacache(pipe, prompts: list[str], seeds: list[int], call: dict[str, Any],
@@ -110,16 +111,34 @@ def calibrate(
     caps: list[int] | None = None,
     timing_repeats: int = 3,
     name: str | None = None,
+    learn: bool = False,
+    learn_prompts: list[str] | None = None,
 ) -> CalibrationResult:
     reg = get_registry()
     cls = reg.strategy(strategy)
     config = dict(base_config or {})
-    cls.Config.from_kwargs(strategy, **config)
+    learned_option = getattr(cls, "learned_option", None)
+    if learn and learned_option is None:
+        learnable = sorted(n for n, c in reg.strategies.items() if getattr(c, "learned_option", None))
+        raise bench.BenchError(f"--learn: strategy {strategy!r} has nothing to learn; accepted: {', '.join(learnable)}")
+    if learn and config.get(learned_option):
+        raise bench.BenchError(f"--learn trains {learned_option}; drop it from the fixed options or drop --learn")
+    if learned_option and not learn and not config.get(learned_option):
+        raise bench.BenchError(f"{strategy} needs a trained {learned_option}: add --learn to train one on the fit "
+                               f"prompts, or fix {learned_option}=FILE with --set")
+    if not learn:
+        cls.Config.from_kwargs(strategy, **config)
     cap_values = _cap_values(cls, config, caps)  # bad caps fail before any generation
     if cls.needs_adapter:
         reg.adapter_for(bench._denoiser(pipe), cls)
     diagnostics: dict[str, Any] = {}
     side_file = None
+    learned_file = None
+    if learn:
+        learned_file = Path(tempfile.mkdtemp(prefix="dynaccel-learn-")) / "predictor.safetensors"
+        diagnostics = learn_strategy(pipe, cls, learn_prompts or fit_prompts, seeds, call, learned_file)
+        config[learned_option] = str(learned_file)
+        cls.Config.from_kwargs(strategy, **config)
     if cls.fitted_option and cls.fitted_option not in config:
         config[cls.fitted_option], diagnostics = fit_teacache(pipe, fit_prompts, seeds, call, strategy)
     if strategy in SIDE_FILES:
@@ -189,6 +208,8 @@ def calibrate(
     final = dict(chosen_setting.config)
     if strategy in SIDE_FILES:
         final[SIDE_FILES[strategy]] = f"{Path(model).name}-{strategy}-calibration.json"
+    if learned_file is not None:
+        final[learned_option] = f"{name or f'{Path(model).name}-{strategy}'}-predictor.safetensors"
     transformer = bench._denoiser(pipe)
     preset = Preset(
         name=name or f"{Path(model).name}-{strategy}",
@@ -206,7 +227,7 @@ def calibrate(
             "scheduler": type(pipe.scheduler).__name__,
             "dtype": str(next(transformer.parameters()).dtype).replace("torch.", ""),
             "machine": bench.machine(),
-            "fit_prompts": fit_prompts,
+            "fit_prompts": (learn_prompts or fit_prompts) if learn else fit_prompts,
             "heldout_prompts": heldout_prompts,
             "seeds": seeds,
             "min_psnr_db": min_psnr,
@@ -216,7 +237,51 @@ def calibrate(
             "fit": diagnostics,
         },
     )
-    return CalibrationResult(preset, full_row + [r for _, r in tried], chosen, side_file)
+    return CalibrationResult(preset, full_row + [r for _, r in tried], chosen, side_file, learned_file)
+
+
+def learn_prompts(model: str, fit: list[str], count: int = 12) -> list[str]:
+    """Prompts to learn from by default: the zoo model's distillation fit prompts (``count`` of them; never its
+    held-out ones nor the bench's), else the calibration's fit prompts."""
+    from .. import zoo
+
+    try:
+        return zoo.distill_prompts(model)[0][:count] or fit
+    except ValueError:  # not a zoo name (a local folder): the fit prompts
+        return fit
+
+
+def learn_strategy(pipe, cls, prompts: list[str], seeds: list[int], call: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Full-compute runs on ``prompts`` x ``seeds`` recording what the strategy learns from, then its training
+    (``cls.learn_from``) into ``out``. Returns the training diagnostics (with the recording and training time)."""
+    from tqdm.auto import tqdm
+
+    start = time.time()
+    handle = pipe.enable_accel(cls.name, **cls.recording_config())
+    try:
+        with handle.record_signals() as records:
+            for prompt in tqdm(prompts, desc="learn: full-compute runs", unit="prompt"):
+                for seed in seeds:
+                    pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="latent", **call)
+    finally:
+        pipe.disable_accel(cls.name)
+    recorded = time.time() - start
+    bar = tqdm(total=1, desc="learn: training", unit="it")
+
+    def progress(i, n, err):
+        if i % 25 and i != n:
+            return
+        bar.total = n
+        bar.n = i
+        bar.set_postfix(error=f"{err:.4f}", refresh=False)
+        bar.refresh()
+
+    try:
+        diag = cls.learn_from(records, out, bench._denoiser(pipe), progress=progress)
+    finally:
+        bar.close()
+    return {**diag, "record_s": round(recorded, 1), "train_s": round(time.time() - start - recorded, 1),
+            "learn_prompts": len(prompts), "learn_seeds": len(seeds)}
 
 
 def _cap_values(cls, config: dict[str, Any], caps: list[int] | None) -> list[int | None]:
@@ -260,8 +325,14 @@ def _skipped(row: bench.Row) -> bool:
 
 
 def write_preset(result: CalibrationResult, out: Path) -> list[Path]:
-    """The preset JSON (and its calibration file beside it), each written atomically."""
+    """The preset JSON (and its calibration or trained file beside it), each written atomically."""
     written = []
+    if result.learned_file is not None:
+        option = get_registry().strategy(result.preset.strategy).learned_option
+        dest = out.parent / result.preset.config[option]
+        data = result.learned_file.read_bytes()
+        atomic_write(dest, lambda tmp: Path(tmp).write_bytes(data))
+        written.append(dest)
     if result.side_file is not None:
         option = SIDE_FILES[result.preset.strategy]
         side = out.parent / result.preset.config[option]

@@ -169,8 +169,16 @@ def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, t
         return
 
     names = get_registry().presets
+    untrained: list[str] = []  # strategies that need a trained file and have no preset for this model
     if not settings:  # a zoo model's built-in presets where they exist, else each strategy at its defaults
-        settings = [f"preset:{model}-{s}" if f"{model}-{s}" in names else s for s in b.default_strategies()]
+        settings = []
+        for s in b.default_strategies():
+            if f"{model}-{s}" in names:
+                settings.append(f"preset:{model}-{s}")
+            elif getattr(get_registry().strategy(s), "learned_option", None):
+                untrained.append(s)
+            else:
+                settings.append(s)
         settings += [f"preset:{model}-{s}" for s in DEFAULT_EXTRA_PRESETS if f"{model}-{s}" in names]
     if all_presets:
         ladder = [f"preset:{n}" for n in sorted(names) if names[n].model_id == model]
@@ -196,7 +204,10 @@ def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, t
         if model in zoo.available() and not any(p.kind == "student" for p in parsed):
             parsed += [b.parse_setting(f"student:{name}") for name in zoo.students(model)]  # distilled students
     prompts = list(prompts) or b.default_prompts(model)
-    not_run: list[dict[str, str]] = []
+    not_run: list[dict[str, str]] = [
+        {"setting": s, "error": f"{s} needs a trained file and {model!r} has no preset with one; train it with "
+                                f"dynaccel calibrate --model {model} --strategy {s} --learn --out PRESET.json"}
+        for s in untrained]
     scorer = zoo.adherence(model) if model in zoo.available() else None
     rows = b.run_bench(pipe, parsed, prompts, seed_list, call, repeats, threads, not_run=not_run, adherence=scorer)
     meta = {"model": model, "path": str(path), "call": call, "prompts": prompts,
@@ -230,9 +241,12 @@ def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, t
               help="robot policies: fit episodes per task for each candidate")
 @click.option("--heldout-episodes", type=click.IntRange(1, 10000), default=10, show_default=True,
               help="robot policies: held-out episodes per task that judge the chosen setting")
+@click.option("--learn", is_flag=True,
+              help="train what the strategy learns (learned_cache: its predictor) on full-compute runs of the fit "
+                   "prompts first, and write it beside the preset")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="preset JSON to write")
 def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, caps, fixed, min_success,
-              episodes, heldout_episodes, out):
+              episodes, heldout_episodes, learn, out):
     """Fit a strategy to a pipeline and write the fastest preset that meets --min-psnr on held-out prompts; on a
     robot policy (--model tiny-pi0), the lowest-latency setting whose closed-loop success on fit episodes keeps
     --min-success of full compute's, judged on held-out episodes."""
@@ -262,6 +276,8 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
 
         if caps:
             raise click.BadParameter("robot policies search only the quality knob", param_hint="--caps")
+        if learn:
+            raise click.BadParameter("robot policies have nothing to learn here", param_hint="--learn")
         result = cv.calibrate(model, strategy, min_success=min_success, episodes=episodes,
                               heldout_episodes=heldout_episodes, fixed=base, threads=threads)
         click.echo(cv.format_result(result))
@@ -289,8 +305,12 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
         call["num_inference_steps"] = steps
     fit = list(fit_prompts) or b.default_prompts(model)[:2]
     held = list(heldout_prompts) or b.default_prompts(model)[2:]
-    result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent,
-                         caps=cap_list, base_config=base)
+    learn_prompts = list(fit_prompts) or c.learn_prompts(model, fit)
+    try:
+        result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent,
+                             caps=cap_list, base_config=base, learn=learn, learn_prompts=learn_prompts)
+    except b.BenchError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(b.format_table(result.rows))
     written = c.write_preset(result, Path(out))
     m = result.preset.provenance["measured"]

@@ -24,6 +24,7 @@ import torch
 
 import dynaccel
 from dynaccel.core.files import atomic_write
+from dynaccel.core.registry import get_registry
 from dynaccel.hf_integration import bench, calibrate
 
 PRESETS = Path(dynaccel.__file__).parent / "core" / "presets"
@@ -56,12 +57,14 @@ def main() -> None:
         last_step(pipe, args.model, args.strategies.split(","), call)
         return
     for strategy in args.strategies.split(","):
-        try:
-            result = calibrate.calibrate(pipe, args.model, strategy, bench.default_prompts(args.model)[:2],
-                                         bench.default_prompts(args.model)[2:],
+        fit = bench.default_prompts(args.model)[:2]
+        learn = bool(getattr(get_registry().strategy(strategy), "learned_option", None))
+        try:  # learned_cache: its predictor is trained first (calibrate --learn) on the model's own fit prompts
+            result = calibrate.calibrate(pipe, args.model, strategy, fit, bench.default_prompts(args.model)[2:],
                                          seeds, call, args.min_psnr, PRESETS, progress=False,
                                          base_config=bench.parse_setting(f"{strategy}:{','.join(args.fixed)}").config,
-                                         name=f"{args.model}-{strategy}" + (f"-{args.suffix}" if args.suffix else ""))
+                                         name=f"{args.model}-{strategy}" + (f"-{args.suffix}" if args.suffix else ""),
+                                         learn=learn, learn_prompts=calibrate.learn_prompts(args.model, fit))
         except bench.BenchError as exc:
             print(f"{strategy}: skipped: {exc}")
             continue

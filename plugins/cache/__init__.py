@@ -1,5 +1,6 @@
 """Cache-reuse family (training-free, diffusion transformers): TeaCache, First-Block Cache, EasyCache, MagCache,
-AdaCache, BWCache, SmoothCache, TaylorSeer.
+AdaCache, BWCache, SmoothCache, TaylorSeer, and learned_cache (a
+learned predictor of skipped residuals).
 
 The public, stable names for writing a cache strategy in another package (docs/plugins.md)::
 
@@ -13,6 +14,7 @@ from .bwcache import BWCache
 from .easycache import EasyCache
 from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass
 from .fbcache import FBCache
+from .learned_cache import LearnedCache
 from .magcache import MagCache
 from .smoothcache import SmoothCache
 from .taylorseer import TaylorSeer
@@ -20,7 +22,7 @@ from .teacache import TeaCache
 
 __all__ = ["CacheConfig", "CachePolicy", "CacheStrategy", "Pass", "STRATEGIES"]
 
-STRATEGIES = (TeaCache, FBCache, EasyCache, MagCache, AdaCache, BWCache, SmoothCache, TaylorSeer)
+STRATEGIES = (TeaCache, FBCache, EasyCache, MagCache, AdaCache, BWCache, SmoothCache, TaylorSeer, LearnedCache)
 
 
 @hookimpl
