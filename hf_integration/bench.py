@@ -214,7 +214,7 @@ def solver_scheduler(pipe, solver: str):
     (``dpmsolver++``) with ``prediction_type="flow_prediction"``, ``use_flow_sigmas=True``."""
     if solver == "default":
         return pipe.scheduler
-    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    from diffusers import UniPCMultistepScheduler
 
     cfg = dict(pipe.scheduler.config)
     extra: dict[str, Any] = {}
@@ -223,8 +223,30 @@ def solver_scheduler(pipe, solver: str):
     if solver == "unipc":
         return UniPCMultistepScheduler.from_config(cfg, **extra)
     if solver == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", **extra)
+        return _fixed_shift_dpm().from_config(cfg, algorithm_type="dpmsolver++", **extra)
     raise ConfigError(f"unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
+
+
+_FIXED_SHIFT_DPM: Any = None
+
+
+def _fixed_shift_dpm():
+    """DPMSolverMultistepScheduler that ignores the ``mu`` a pipeline passes when its config has no dynamic
+    shifting. Flux pipelines pass ``mu`` to every scheduler; their own FlowMatchEulerDiscreteScheduler ignores it
+    without ``use_dynamic_shifting`` (tiny-flux's fixed shift 2.0), DPM-Solver asserts instead, so the dpm++ rows
+    crashed on tiny-flux. Dropping it there keeps the pipeline's own (fixed) shift."""
+    global _FIXED_SHIFT_DPM
+    if _FIXED_SHIFT_DPM is None:
+        from diffusers import DPMSolverMultistepScheduler
+
+        class FixedShiftDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
+            def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None):
+                if not self.config.get("use_dynamic_shifting", False):
+                    mu = None
+                super().set_timesteps(num_inference_steps, device, mu=mu, timesteps=timesteps)
+
+        _FIXED_SHIFT_DPM = FixedShiftDPMSolverMultistepScheduler
+    return _FIXED_SHIFT_DPM
 
 
 def resolve_model(model: str) -> Path:

@@ -331,3 +331,16 @@ def test_a_solver_that_cannot_run_on_the_pipeline_is_reported_not_fatal(folder, 
     assert [r.label for r in rows] == ["full compute", "steps=3"]
     assert not_run == [{"setting": "steps=3 unipc",
                         "error": "ValueError: The current scheduler class does not support custom sigmas"}]
+
+
+def test_dpm_solver_rows_run_on_a_flux_pipeline_that_passes_mu():
+    """FluxPipeline passes ``mu`` to every scheduler; without dynamic shifting in the config (tiny-flux) the dpm++
+    rows must keep the pipeline's fixed shift instead of failing DPM-Solver's dynamic-shifting assertion."""
+    path = bench.resolve_model("tiny-flux")
+    pipe = bench.load_pipeline(path)
+    call = {**bench.generation_defaults("tiny-flux", path), "num_inference_steps": 8}
+    settings = [bench.parse_setting(s) for s in ("steps:4", "steps:4:unipc", "steps:4:dpm++")]
+    rows = bench.run_bench(pipe, settings, ["a large red circle on the left"], [0], call, repeats=1, progress=False)
+    assert [r.label for r in rows[1:]] == ["steps=4", "steps=4 unipc", "steps=4 dpm++"]
+    assert all(math.isfinite(r.psnr_db) and r.psnr_db > 10 for r in rows[1:])
+    assert rows[3].psnr_db != rows[2].psnr_db
