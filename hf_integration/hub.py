@@ -34,7 +34,10 @@ HUB_PREFIX = "hub:"
 SIDE_DIR = "calibration"
 _REPO_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 _REF = re.compile(rf"hub:(?P<repo>{_REPO_ID})/(?P<name>{NAME_PATTERN.pattern})(?:@(?P<rev>[A-Za-z0-9._/-]{{1,100}}))?")
-_SIDE = re.compile(rf"{SIDE_DIR}/[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}\.json")
+_SIDE = re.compile(rf"{SIDE_DIR}/[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}\.(json|safetensors)")
+#: side files that are weights (learned_cache's predictor): never parsed here; the strategy's Config loads and checks
+#: them (safetensors only, bounded, shapes against the metadata) when the pulled preset is validated
+_BINARY_SIDE = ".safetensors"
 
 
 class HubError(DynaccelError):
@@ -79,13 +82,18 @@ def _read_preset(name: str, source: str, fetch: Callable[[str], Path]) -> Preset
             raise PresetError(label, f"config.{key}", f"got {str(value)[:80]!r}; accepted: a file of the repo under "
                               f"{SIDE_DIR}/ (e.g. {SIDE_DIR}/{name}-calibration.json)")
         side = fetch(value)
+        config[key] = str(side)
+        if value.endswith(_BINARY_SIDE):
+            continue
         try:
             text = read_bounded(side, MAX_FILE_BYTES)
         except FileReadError as exc:
             raise PresetError(label, f"config.{key}", f"{value}: {exc.reason}") from None
         parse_json(text, f"{source}: {value}")  # data only, or a clear error now
-        config[key] = str(side)
-    return replace(preset, config=config)
+    pulled = replace(preset, config=config)
+    if any(str(v).endswith(_BINARY_SIDE) for k, v in config.items() if k.endswith("_path")):
+        check_config(pulled)  # the strategy loads and checks its weights file now, or a clear error naming it
+    return pulled
 
 
 def _hub_call(what: str, fn: Callable[[], Any]) -> Any:
@@ -178,12 +186,14 @@ def stage_repo(presets: Iterable[Preset | str | Path], folder: str | Path, repo_
                 if not src.is_file():
                     raise PresetError(repr(preset.name), f"config.{key}", f"calibration file {value!r} does not "
                                       "exist; run the calibration first (dynaccel calibrate)")
-                try:
-                    text = read_bounded(src, MAX_FILE_BYTES)
-                except FileReadError as exc:
-                    raise PresetError(repr(preset.name), f"config.{key}", exc.reason) from None
-                parse_json(text, repr(value))
-                dest = f"{SIDE_DIR}/{preset.name}-{key.removesuffix('_path')}.json"
+                suffix = _BINARY_SIDE if value.endswith(_BINARY_SIDE) else ".json"
+                if suffix == ".json":  # weights were checked by check_config above (the strategy loads them)
+                    try:
+                        text = read_bounded(src, MAX_FILE_BYTES)
+                    except FileReadError as exc:
+                        raise PresetError(repr(preset.name), f"config.{key}", exc.reason) from None
+                    parse_json(text, repr(value))
+                dest = f"{SIDE_DIR}/{preset.name}-{key.removesuffix('_path')}{suffix}"
                 copies.append((src, dest))
                 config[key] = dest
         written.append(replace(preset, config=config))

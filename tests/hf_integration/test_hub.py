@@ -235,3 +235,21 @@ def test_staging_into_a_folder_whose_parent_is_missing_is_refused(tmp_path, caps
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert f"folder {str(target.parent)!r} does not exist" in err and not target.parent.exists()
+
+
+def test_a_learned_predictor_travels_with_its_preset_and_is_checked_on_pull(fake_hub, tmp_path):
+    hub.push_presets("org/learned", ["tiny-wan-learned_cache"], endpoint=fake_hub.url)
+    files = fake_hub.repos["org/learned"]["files"]
+    side = "calibration/tiny-wan-learned_cache-predictor.safetensors"
+    assert sorted(files) == ["README.md", side, "tiny-wan-learned_cache.json"]
+    local = get_registry().presets["tiny-wan-learned_cache"]
+    assert files[side] == Path(local.config["predictor_path"]).read_bytes()
+    pulled = hub.load_hub_preset("hub:org/learned/tiny-wan-learned_cache", endpoint=fake_hub.url,
+                                 cache_dir=tmp_path / "c1")
+    assert Path(pulled.config["predictor_path"]).read_bytes() == files[side]
+    # a repo whose predictor is not one (a pickle under the safetensors name) is refused on pull, naming the option
+    doc = json.loads(files["tiny-wan-learned_cache.json"])
+    fake_hub.repos["org/evil"] = {"sha": "2" * 40, "private": False, "files": {
+        "tiny-wan-learned_cache.json": json.dumps(doc).encode(), side: b"\x80\x04\x95\x1d\x00cos\nsystem\n"}}
+    with pytest.raises(PresetError, match="config.predictor_path.*not a readable safetensors file"):
+        hub.load_hub_preset("hub:org/evil/tiny-wan-learned_cache", endpoint=fake_hub.url, cache_dir=tmp_path / "c2")
