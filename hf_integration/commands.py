@@ -306,11 +306,8 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
     fit = list(fit_prompts) or b.default_prompts(model)[:2]
     held = list(heldout_prompts) or b.default_prompts(model)[2:]
     learn_prompts = list(fit_prompts) or c.learn_prompts(model, fit)
-    try:
-        result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent,
-                             caps=cap_list, base_config=base, learn=learn, learn_prompts=learn_prompts)
-    except b.BenchError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent,
+                         caps=cap_list, base_config=base, learn=learn, learn_prompts=learn_prompts)
     click.echo(b.format_table(result.rows))
     written = c.write_preset(result, Path(out))
     m = result.preset.provenance["measured"]

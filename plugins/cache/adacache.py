@@ -38,6 +38,7 @@ class AdaCacheConfig(CacheConfig):
 
 
 class _AdaCachePolicy(CachePolicy):
+    idle_when_off = True  # threshold 0 never skips
     level = "blocks"
     anchor = "input"
 

@@ -36,6 +36,7 @@ class BWCacheConfig(CacheConfig):
 
 
 class _BWCachePolicy(CachePolicy):
+    idle_when_off = True  # threshold 0 never skips
     level = "per_block"
 
     def block_reuse(self, p: Pass, i: int, hs: torch.Tensor) -> bool:

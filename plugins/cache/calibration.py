@@ -82,7 +82,6 @@ class CalibratedPolicy:
 
     calibration_format: str
     calibration_option: str
-    idle_when_off = False  # a calibration run at threshold 0 still records every pass
 
     def init_calibration(self, config: Any) -> None:
         self.calibration: dict[str, list[Any]] | None = None

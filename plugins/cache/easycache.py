@@ -43,6 +43,7 @@ def _mean_abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _EasyCachePolicy(CachePolicy):
+    idle_when_off = True  # threshold 0 never skips
     level = "model"
 
     def begin(self, p: Pass, x: torch.Tensor) -> None:

@@ -122,9 +122,10 @@ class CachePolicy:
     level = "blocks"
     #: for block level: where the cached residual starts, "input" (of block 0) or "block0" (its output)
     anchor = "input"
-    #: at threshold 0 (never skips) the engine runs the pass untouched; False for policies that still need every
-    #: pass (a calibration run that records at threshold 0)
-    idle_when_off = True
+    #: True when threshold 0 means "never skips" for this policy: the engine then runs the pass untouched. Off by
+    #: default: a policy may skip by a rule of its own at threshold 0 (a fixed schedule), or record every pass there
+    #: (a calibration run)
+    idle_when_off = False
 
     def __init__(self, config: CacheConfig, adapter: Any):
         self.config = config

@@ -33,6 +33,7 @@ class FBCacheConfig(CacheConfig):
 
 
 class _FBCachePolicy(CachePolicy):
+    idle_when_off = True  # threshold 0 never skips
     level = "blocks"
     anchor = "block0"
 

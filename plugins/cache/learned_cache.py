@@ -66,12 +66,6 @@ class LearnedCacheConfig(CacheConfig):
         super().validate()
         if self.predictor_path:
             load_predictor(self.predictor_path)  # refuse a bad file before anything is installed
-        elif self.threshold > 0:
-            raise ConfigError(
-                "option 'predictor_path': learned_cache needs a trained predictor to skip anything (threshold "
-                f"{self.threshold!r} > 0); accepted: a safetensors file from 'dynaccel calibrate --strategy "
-                "learned_cache --learn', or a preset that references one (e.g. preset='tiny-wan-learned_cache')"
-            )
 
 
 class Predictor(torch.nn.Module):
@@ -204,6 +198,7 @@ def check_against_model(meta: dict[str, Any], model: torch.nn.Module, path: str)
 
 # ---- the policy -------------------------------------------------------------------------------------------------------
 class _LearnedCachePolicy(CachePolicy):
+    idle_when_off = True  # threshold 0 never skips
     level = "blocks"
     anchor = "input"
 
@@ -343,6 +338,14 @@ class LearnedCache(CacheStrategy):
         return diag
 
     def apply(self, target, config, adapter, run_probe):
+        # (here, not in the Config: every option's default must validate on its own, and the predictor is the one
+        # option without a sensible default)
+        if not config.predictor_path and config.threshold > 0:
+            raise ConfigError(
+                "option 'predictor_path': learned_cache needs a trained predictor to skip anything (threshold "
+                f"{config.threshold!r} > 0); accepted: a safetensors file from 'dynaccel calibrate --strategy "
+                "learned_cache --learn', or a preset that references one (e.g. preset='tiny-wan-learned_cache')"
+            )
         if config.predictor_path:
             check_against_model(load_predictor(config.predictor_path)[1], target, config.predictor_path)
         return super().apply(target, config, adapter, run_probe)

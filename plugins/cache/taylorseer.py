@@ -42,6 +42,7 @@ class TaylorSeerConfig(CacheConfig):
 
 
 class _TaylorSeerPolicy(CachePolicy):
+    idle_when_off = True  # threshold 0 never skips
     level = "blocks"
     anchor = "input"
 

@@ -72,6 +72,7 @@ def parse_coefficients(text: str) -> list[float]:
 
 
 class _TeaCachePolicy(CachePolicy):
+    idle_when_off = True  # threshold 0 never skips
     level = "blocks"
     anchor = "input"
 
