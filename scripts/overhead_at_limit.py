@@ -63,7 +63,7 @@ def work_ratio(handle) -> float:
     if "blocks_computed" in stats:
         total = stats["blocks_computed"] + stats["blocks_reused"]
         return total / max(1, stats["blocks_computed"])
-    engine = handle.engine
+    engine = handle.engine if hasattr(handle, "engine") else next(iter(handle.parts.values())).engine
     blocks = len(engine.specs) or 1
     run_on_skip = 1 if getattr(engine.policy, "anchor", None) == "block0" and engine.policy.level == "blocks" else 0
     return stats["passes"] * blocks / max(1, stats["computed"] * blocks + stats["skipped"] * run_on_skip)
