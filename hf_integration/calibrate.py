@@ -15,7 +15,8 @@ e.g. TaylorSeer's ``max_interval``) repeat that search for each cap value (the o
 because a tight cap can hold a strategy below what its threshold would allow. Among all settings whose PSNR over
 all frames is at least ``min_psnr`` it keeps the one that skips the most work (wall time follows it and is less
 noisy; the smaller cap, then the smaller threshold wins ties). None qualifying is an error ("unreachable target"),
-and nothing is written. The chosen setting is then timed again against full compute (median of
+and nothing is written; so is a winner that, timed, runs no faster than full compute ("no faster setting": a
+preset slower than no preset is never written). The chosen setting is then timed again against full compute (median of
 ``timing_repeats``) for the speedup recorded in the preset.
 
     dynaccel calibrate --model tiny-wan --strategy teacache --min-psnr 30 --out presets/tiny-wan-teacache.json
@@ -205,6 +206,11 @@ def calibrate(
         timed = bench.run_bench(pipe, [chosen_setting], heldout_prompts, seeds, call, repeats=timing_repeats,
                                 progress=progress)[1]
         chosen = dataclasses.replace(chosen, time_s=timed.time_s, speedup=timed.speedup)
+        if chosen.speedup <= 1.0:  # a preset slower than no preset is worse than none: write nothing
+            raise bench.BenchError(
+                f"no faster setting: the fastest {strategy} setting that reaches PSNR >= {min_psnr} dB "
+                f"({chosen.label}, {chosen.computed} computed) ran at {chosen.speedup:.2f}x full compute's speed, so "
+                "its skipped work does not pay for its own cost; lower --min-psnr (nothing written)")
     final = dict(chosen_setting.config)
     if strategy in SIDE_FILES:
         final[SIDE_FILES[strategy]] = f"{Path(model).name}-{strategy}-calibration.json"

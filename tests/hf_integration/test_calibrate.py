@@ -1,5 +1,6 @@
 """dynaccel calibrate: fit, search the threshold against a quality target, write a preset that loads."""
 
+import dataclasses
 import json
 
 import pytest
@@ -142,3 +143,24 @@ def test_a_strategy_without_a_quality_knob_is_refused_before_loading(tmp_path, c
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "'sliding_tile' declares no quality knob to search" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_a_winner_no_faster_than_full_compute_is_refused_and_nothing_written(folder, tmp_path, monkeypatch, capsys):
+    """No preset may be slower than full compute: when the timed winner runs at <= 1.0x, calibrate writes nothing.
+    (The timing run is made to report a slow winner: its skips are real, its time is not what this tests.)"""
+    real = bench.run_bench
+
+    def slow_timing(pipe, settings, *args, repeats=1, **kwargs):
+        rows = real(pipe, settings, *args, repeats=repeats, **kwargs)
+        if repeats > 1:  # the winner's timing run
+            rows = [rows[0]] + [dataclasses.replace(r, speedup=0.95, time_s=r.time_s * 2) for r in rows[1:]]
+        return rows
+
+    monkeypatch.setattr(bench, "run_bench", slow_timing)
+    out = tmp_path / "p.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--model", str(folder), "--strategy", "easycache", "--min-psnr", "15", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "no faster setting: the fastest easycache setting that reaches PSNR >= 15.0 dB" in err and "0.95x" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
