@@ -23,6 +23,7 @@ import platform
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,16 @@ from ..core.presets import MAX_FILE_BYTES
 # diffusers 0.42's caches for transformer pipelines (TextKVCacheConfig, exact text K/V reuse for NucleusMoE-Image
 # only, is left out: it does not apply to the video/image DiTs the zoo has)
 PEERS = ("fbcache", "magcache", "taylorseer", "fastercache", "pab", "seacache")
+
+#: cache-dit's caches usable as peer rows (``cachedit:dbcache[:key=value,...]``; ``pip install cache-dit``). Options
+#: are DBCacheConfig's fields (short forms ``Fn``, ``Bn``, ``threshold``), plus ``calibrator=taylorseer`` and
+#: ``taylorseer_order`` for cache-dit's TaylorSeer calibrator
+CACHEDIT_PEERS = ("dbcache",)
+CACHEDIT_ALIASES = {"Fn": "Fn_compute_blocks", "Bn": "Bn_compute_blocks", "threshold": "residual_diff_threshold"}
+CACHEDIT_EXTRA = ("calibrator", "taylorseer_order")
+
+#: the setting kinds that are other projects' methods (peers): a failure on a pipeline drops the row with a note
+PEER_KINDS = ("diffusers", "cachedit")
 
 #: solvers a fewer-steps row (``steps:N[:SOLVER]``) can use: the pipeline's own scheduler, or one of the multistep
 #: solvers diffusers ships for flow matching, built from the pipeline's scheduler config (its shift kept)
@@ -82,7 +93,8 @@ class BenchError(DynaccelError):
 class Setting:
     """One row: full compute, a dynaccel strategy, or a diffusers built-in cache (``peer``)."""
 
-    kind: str  # "full", "dynaccel", "diffusers", "steps" (strategy = the solver, config = {"steps"}) or "student"
+    kind: str  # "full", "dynaccel", "diffusers", "cachedit", "steps" (strategy = the solver, config = {"steps"}),
+    # or "student"
     strategy: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     preset: str = ""  # the preset it came from, if any (then the label)
@@ -101,8 +113,9 @@ class Setting:
             return f"student:{self.student}" + (f"+{inner.label}" if self.strategy else "")
         if self.preset:
             return f"preset:{self.preset}"
-        opts = ",".join(f"{k}={_short(self.spelled.get(k, v))}" for k, v in self.config.items())
-        name = f"diffusers:{self.strategy}" if self.kind == "diffusers" else self.strategy
+        items = self.spelled.items() if self.kind == "cachedit" else self.config.items()  # its short forms kept
+        opts = ",".join(f"{k}={_short(self.spelled.get(k, v))}" for k, v in items)
+        name = f"{self.kind}:{self.strategy}" if self.kind in PEER_KINDS else self.strategy
         return f"{name}:{opts}" if opts else name
 
 
@@ -142,6 +155,7 @@ def _typed(strategy: str, raw: dict[str, str]) -> dict[str, Any]:
 
 def parse_setting(text: str) -> Setting:
     """``teacache``, ``teacache:threshold=0.1,start=0.1``, ``diffusers:fbcache:threshold=0.1``,
+    ``cachedit:dbcache:Fn=1,Bn=0,threshold=0.08,calibrator=taylorseer``,
     ``preset:NAME_OR_PATH``, ``preset:NAME_OR_PATH:threshold=0.05`` (the preset with options overridden),
     ``steps:N`` / ``steps:N:unipc`` / ``steps:N:dpm++`` (no acceleration, N denoising steps with the pipeline's own
     scheduler or a multistep solver) or ``full``."""
@@ -174,14 +188,35 @@ def parse_setting(text: str) -> Setting:
         overrides = _typed(preset.strategy, overrides)
         return Setting("dynaccel", preset.strategy, {**preset.config, **overrides}, preset=label, source=preset)
     kind = "dynaccel"
-    if text.startswith("diffusers:"):
-        kind, text = "diffusers", text[len("diffusers:"):]
+    for peer in PEER_KINDS:
+        if text.startswith(peer + ":"):
+            kind, text = peer, text[len(peer) + 1:]
     name, _, opts = text.partition(":")
     raw = _options(text, opts)
     if kind == "diffusers" and name not in PEERS:
         raise ConfigError(f"unknown diffusers cache {name!r}; accepted: {', '.join('diffusers:' + p for p in PEERS)}")
+    if kind == "cachedit":
+        if name not in CACHEDIT_PEERS:
+            raise ConfigError(f"unknown cache-dit cache {name!r}; accepted: "
+                              f"{', '.join('cachedit:' + p for p in CACHEDIT_PEERS)}")
+        return Setting(kind, name, _cachedit_options(text, raw), spelled=raw)
     config = {k: _value(v) for k, v in raw.items()} if kind == "diffusers" else _typed(name, raw)
     return Setting(kind, name, config, spelled=raw)
+
+
+def _cachedit_options(text: str, raw: dict[str, str]) -> dict[str, Any]:
+    """cache-dit DBCache options as typed values, short forms expanded; the field names are checked against
+    DBCacheConfig when the row is installed (cache-dit may not be installed when the setting is parsed)."""
+    config: dict[str, Any] = {}
+    for key, val in raw.items():
+        full = CACHEDIT_ALIASES.get(key, key)
+        if full in config:
+            raise ConfigError(f"setting {text!r}: {key!r} given twice (short and long form)")
+        config[full] = _value(val)
+    cal = config.get("calibrator", "none")
+    if cal not in ("none", "taylorseer"):
+        raise ConfigError(f"setting {text!r}: calibrator={cal!r}; accepted: none, taylorseer")
+    return config
 
 
 def parse_steps_setting(text: str) -> Setting:
@@ -195,6 +230,35 @@ def parse_steps_setting(text: str) -> Setting:
     if solver not in SOLVERS:
         raise ConfigError(f"setting {text!r}: unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
     return Setting("steps", solver, {"steps": int(count)})
+
+
+def peer_grid() -> list[Setting]:
+    """``dynaccel bench --peer-grid``: every peer over its documented tuning range, so that a dynaccel preset is
+    compared with each peer at its best setting for the model, not at one default.
+
+    Ranges: the options each peer documents, around its default (diffusers 0.42.1's config docstrings and docs,
+    cache-dit 1.5.3's DBCacheConfig and README):
+
+    - diffusers FBCache ``threshold`` 0.05 (its default) to 0.3 (the docs' example uses 0.2);
+    - diffusers MagCache ``threshold`` 0.06 (default), 0.12, 0.24 x ``max_skip_steps`` 2, 3 (default), 4, with
+      magnitude ratios from its own ``calibrate=True`` run on the model;
+    - diffusers TaylorSeer ``cache_interval`` 2-5 (default 5) x ``use_lite_mode``;
+    - diffusers SeaCache ``threshold`` 0.1, 0.25 (default), 0.4; PAB ``spatial_attention_block_skip_range`` 2-4;
+      FasterCache at its defaults;
+    - cache-dit DBCache F1B0 (its fastest documented form) x ``residual_diff_threshold`` 0.04-0.24 (default 0.08)
+      x TaylorSeer calibrator off/on, and DBCache at its defaults (F8B0: needs at least 8 blocks).
+    """
+    texts = [f"diffusers:fbcache:threshold={t}" for t in (0.05, 0.1, 0.15, 0.2, 0.3)]
+    texts += [f"diffusers:magcache:threshold={t},max_skip_steps={k}" for t in (0.06, 0.12, 0.24) for k in (2, 3, 4)]
+    texts += [f"diffusers:taylorseer:cache_interval={n},use_lite_mode={lite}" for n in (2, 3, 4, 5)
+              for lite in ("false", "true")]
+    texts += [f"diffusers:seacache:threshold={t}" for t in (0.1, 0.25, 0.4)]
+    texts += [f"diffusers:pab:spatial_attention_block_skip_range={k}" for k in (2, 3, 4)]
+    texts += ["diffusers:fastercache"]
+    texts += [f"cachedit:dbcache:Fn=1,Bn=0,threshold={t}" + (",calibrator=taylorseer" if cal else "")
+              for t in (0.04, 0.08, 0.12, 0.16, 0.24) for cal in (False, True)]
+    texts += ["cachedit:dbcache"]
+    return [parse_setting(t) for t in texts]
 
 
 def fewer_steps_settings(default_steps: int, solvers: tuple[str, ...] = SOLVERS) -> list[Setting]:
@@ -351,7 +415,7 @@ def _peer_config(pipe, setting: Setting, steps: int, ratios: list[float] | None)
             raise BenchError("diffusers:magcache needs calibrated ratios; run dynaccel magcache first (done automatically)")
         return hooks.MagCacheConfig(num_inference_steps=steps, mag_ratios=ratios, **cfg)
     if name == "taylorseer":
-        if not any(k in cfg for k in ("cache_identifiers", "skip_predict_identifiers", "use_lite_mode")):
+        if not (cfg.get("use_lite_mode") or cfg.get("cache_identifiers") or cfg.get("skip_predict_identifiers")):
             cfg["cache_identifiers"] = _taylorseer_attention_patterns(_denoiser(pipe))
         return hooks.TaylorSeerCacheConfig(taylor_factors_dtype=torch.float32, **cfg)
     if name == "fastercache":
@@ -362,6 +426,53 @@ def _peer_config(pipe, setting: Setting, steps: int, ratios: list[float] | None)
         cfg.setdefault("spatial_attention_block_skip_range", 2)
         return hooks.PyramidAttentionBroadcastConfig(current_timestep_callback=lambda: pipe.current_timestep, **cfg)
     raise ConfigError(f"unknown diffusers cache {name!r}")
+
+
+def _import_cachedit():
+    try:
+        import cache_dit
+    except ImportError as exc:
+        raise BenchError("cache-dit is not installed; pip install cache-dit (or dynaccel[peers]) to run its rows") \
+            from exc
+    import logging
+
+    # cache-dit's loggers share one console handler (cache_dit.logger): its per-call lines would drown the table
+    handler = getattr(getattr(cache_dit, "logger", None), "_default_handler", None)
+    if isinstance(handler, logging.Handler):
+        handler.setLevel(max(handler.level, logging.ERROR))  # routine notes come as warnings
+    return cache_dit
+
+
+def _cachedit_configs(setting: Setting, steps: int):
+    """(DBCacheConfig, calibrator config or None) for a ``cachedit:`` row; unknown option names are refused with
+    the accepted ones."""
+    cache_dit = _import_cachedit()
+    cfg = dict(setting.config)
+    calibrator = cfg.pop("calibrator", "none")
+    order = cfg.pop("taylorseer_order", 1)
+    fields = {f.name for f in dataclasses.fields(cache_dit.DBCacheConfig)} - {"num_inference_steps"}
+    unknown = sorted(set(cfg) - fields)
+    if unknown:
+        raise ConfigError(f"setting {setting.label!r}: unknown cache-dit option(s) {', '.join(unknown)}; accepted: "
+                          f"{', '.join(sorted(fields | set(CACHEDIT_ALIASES) | set(CACHEDIT_EXTRA)))}")
+    cal = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=int(order)) if calibrator == "taylorseer" else None
+    return cache_dit.DBCacheConfig(num_inference_steps=steps, **cfg), cal
+
+
+def _cachedit_enable(pipe, setting: Setting, steps: int) -> None:
+    cache_config, calibrator = _cachedit_configs(setting, steps)
+    blocks = len(getattr(_denoiser(pipe), "blocks", None) or getattr(_denoiser(pipe), "transformer_blocks", []))
+    fn, bn = cache_config.Fn_compute_blocks, cache_config.Bn_compute_blocks
+    if blocks and fn + bn > blocks:  # cache-dit asserts mid-generation; say it up front, with the numbers
+        raise BenchError(f"cache-dit DBCache computes Fn={fn} first and Bn={bn} last blocks, but the transformer "
+                         f"has {blocks} blocks; pass Fn and Bn that sum to at most {blocks}, e.g. Fn=1,Bn=0")
+    _import_cachedit().enable_cache(pipe, cache_config=cache_config, calibrator_config=calibrator)
+
+
+def _cachedit_disable(pipe) -> None:
+    import cache_dit
+
+    cache_dit.disable_cache(pipe)
 
 
 def _taylorseer_attention_patterns(model: torch.nn.Module) -> list[str]:
@@ -398,6 +509,12 @@ def validate_settings(pipe, settings: list[Setting]) -> None:
 
     reg = get_registry()
     for s in settings:
+        if s.kind == "cachedit":
+            try:
+                _cachedit_configs(s, 2)  # option names and values (its own checks); not installed: a note later
+            except BenchError:
+                pass
+            continue
         if s.kind == "student" and s.strategy:
             reg.strategy(s.strategy).Config.from_kwargs(s.strategy, **s.config)
         if s.kind != "dynaccel":
@@ -435,16 +552,18 @@ class AttentionCounter:
             h.remove()
 
 
-def _last_block_counter(pipe) -> AttentionCounter:
-    """Transformer passes that really ran the block stack: calls of the last block's attention."""
+def _last_block_counter(pipe, from_end: int = 0) -> AttentionCounter:
+    """Transformer passes that really ran the block stack: calls of the last block's attention (``from_end``: the
+    block that many before the last, for a peer that always computes the last blocks, cache-dit's ``Bn``)."""
     from ..core.registry import get_registry
 
     adapter = get_registry().find_adapter(_denoiser(pipe))
-    if adapter is None:
+    blocks = adapter.blocks() if adapter is not None else []
+    if from_end >= len(blocks):
         counter = AttentionCounter([])
         counter.count = None
         return counter
-    return AttentionCounter([adapter.blocks()[-1].module])
+    return AttentionCounter([blocks[-1 - from_end].module])
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
@@ -535,7 +654,8 @@ def run_bench(
         if st.kind == "student":
             active, student_call = student(st.student)
             call = dict(student_call)
-        counter = _last_block_counter(active)
+        counter = _last_block_counter(active, int(st.config.get("Bn_compute_blocks", 0) or 0)
+                                      if st.kind == "cachedit" else 0)
         handle = None
         own_scheduler = pipe.scheduler
         try:
@@ -550,10 +670,10 @@ def run_bench(
                 if st.strategy == "magcache" and ratios is None:
                     ratios = _calibrate_ratios(pipe, jobs[0], call_kwargs)
                 _denoiser(pipe).enable_cache(_peer_config(pipe, st, steps, ratios))
+            elif st.kind == "cachedit":
+                _cachedit_enable(pipe, st, steps)
             if not timed:
                 generate(*jobs[0])  # warm-up (and the calibration run of calibrated strategies)
-                if handle is not None and st.strategy == "magcache" and ratios is None:
-                    ratios = _first_ratios(handle)
                 return
             t0 = time.perf_counter()
             outs, work = [], []
@@ -580,6 +700,8 @@ def run_bench(
                 pipe.disable_accel()
             elif st.kind == "diffusers" and getattr(_denoiser(pipe), "is_cache_enabled", False):
                 _denoiser(pipe).disable_cache()
+            elif st.kind == "cachedit" and sys.modules.get("cache_dit") is not None:
+                _cachedit_disable(pipe)
             counter.remove()
 
     dropped: set[int] = set()
@@ -588,7 +710,7 @@ def run_bench(
             try:
                 run_one(i, st, timed=False, last=False)
             except Exception as exc:  # a peer diffusers cannot run on this pipeline: report it, keep the others
-                if not_run is None or st.kind not in ("diffusers", "steps", "student"):
+                if not_run is None or st.kind not in (*PEER_KINDS, "steps", "student"):
                     raise
                 why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
                 if st.strategy in _PEER_HINTS:
@@ -694,21 +816,45 @@ def _computed(stats: dict[str, Any], per_gen: list | None, full: int | None) -> 
     return f"{text}/{total}" + (" blk" if "blocks_computed" in stats else "")
 
 
-def _first_ratios(handle) -> list[float] | None:
-    for part in getattr(handle, "parts", {"": handle}).values():
-        cal = getattr(part.engine.policy, "calibration", None)
-        if cal:
-            return list(cal.get("cond") or next(iter(cal.values())))
-    return None
+def _calibrate_ratios(pipe, job, call_kwargs) -> list[float]:
+    """diffusers MagCache's magnitude ratios from its own ``calibrate=True`` flow: one full generation, whose ratios
+    diffusers prints and logs at the last step (of each CFG branch: the first reported, the conditional one, is
+    used, as diffusers documents for Wan). Its print is kept off our table."""
+    import contextlib
+    import io
+    import logging
 
+    from diffusers import hooks
 
-def _calibrate_ratios(pipe, job, call_kwargs) -> list[float] | None:
-    handle = pipe.enable_accel("magcache")
+    steps = int(call_kwargs.get("num_inference_steps", 50))
+    found: list[list[float]] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            text = record.getMessage()
+            if "MagCache Calibration Results:" in text:
+                found.append([float(x) for x in re.findall(r"[-+0-9.eE]+(?=[,\]])", text.split(":", 1)[1])])
+
+    log = logging.getLogger("diffusers.hooks.mag_cache")
+    handler, level, propagate = Catch(), log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # caught here, not printed by diffusers' handler
+    denoiser = _denoiser(pipe)
     try:
-        pipe(prompt=job[0], generator=torch.Generator().manual_seed(job[1]), output_type="pt", **call_kwargs)
-        return _first_ratios(handle)
+        denoiser.enable_cache(hooks.MagCacheConfig(num_inference_steps=steps, calibrate=True))
+        with contextlib.redirect_stdout(io.StringIO()):
+            pipe(prompt=job[0], generator=torch.Generator().manual_seed(job[1]), output_type="pt", **call_kwargs)
     finally:
-        pipe.disable_accel("magcache")
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+        if getattr(denoiser, "is_cache_enabled", False):
+            denoiser.disable_cache()
+    if not found or len(found[0]) != steps:
+        raise BenchError(f"diffusers:magcache: its calibrate=True run reported no {steps} ratios "
+                         f"(got {[len(f) for f in found]})")
+    return found[0]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -763,19 +909,7 @@ def write_json_and_plot(out_dir: Path, doc: dict[str, Any], draw: Callable[[Any]
         Path(tmp).write_text(json.dumps(doc, indent=1, default=str))
 
     def write_png(tmp):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-        try:
-            draw(ax)
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(tmp, format="png")
-        finally:
-            plt.close(fig)
+        _plot_to(tmp, draw)
 
     json_path, png_path = out_dir / names[0], out_dir / names[1]
     atomic_write(json_path, write_json)
@@ -794,12 +928,103 @@ def fewer_steps_curves(rows: list[Row]) -> dict[str, list[Row]]:
     return {k: sorted(v, key=lambda r: r.speedup) for k, v in curves.items()}
 
 
+def _dominates(a: Row, b: Row) -> bool:
+    """``a`` at least as fast and at least as good as ``b`` (PSNR), and better in one of the two."""
+    return (a.speedup >= b.speedup and a.psnr_db >= b.psnr_db) and (a.speedup > b.speedup or a.psnr_db > b.psnr_db)
+
+
+def pareto(rows: list[Row], min_psnr: float = 30.0) -> dict[str, Any]:
+    """The speed-quality frontier of ``rows`` and the peer settings no dynaccel setting dominates.
+
+    ``frontier``: the labels of the rows no other row dominates (faster and better, or equal in one and better in
+    the other), by speedup. ``undominated``: the peer rows (other projects' caches and the fewer-steps rows) at or
+    above ``min_psnr`` that no dynaccel row (a strategy or preset) matches or beats in both speed and PSNR — the
+    settings a user would be right to pick over ours. A peer row identical to full compute (it skipped nothing) is
+    left out of that list. Speed is the measured wall-clock ratio, so rows within its noise can swap places between
+    runs."""
+    frontier = sorted((r for r in rows if not any(_dominates(o, r) for o in rows)), key=lambda r: r.speedup)
+    ours = [r for r in rows if r.kind == "dynaccel"]
+    # a peer row identical to full compute skipped nothing: its "speedup" is timing noise, not a setting to beat
+    peers = [r for r in rows if r.kind in (*PEER_KINDS, "steps") and min_psnr <= r.psnr_db < math.inf]
+    undominated = [r for r in peers
+                   if not any(o.speedup >= r.speedup and o.psnr_db >= r.psnr_db for o in ours)]
+    return {"min_psnr_db": min_psnr, "frontier": [r.label for r in frontier],
+            "undominated_peers": [r.label for r in sorted(undominated, key=lambda r: -r.speedup)]}
+
+
+def format_pareto(result: dict[str, Any]) -> str:
+    lines = ["speed-quality frontier (fastest last): " + ", ".join(result["frontier"])]
+    peers = result["undominated_peers"]
+    if peers:
+        lines.append(f"peer settings at >= {result['min_psnr_db']:g} dB that no dynaccel setting matches or beats "
+                     f"in both speed and PSNR ({len(peers)}):")
+        lines += [f"  {label}" for label in peers]
+    else:
+        lines.append(f"every peer setting at >= {result['min_psnr_db']:g} dB is matched or beaten by a dynaccel "
+                     "setting in both speed and PSNR")
+    return "\n".join(lines)
+
+
+def write_pareto_plot(out_dir: Path, rows: list[Row], result: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """``pareto.png``: every row's speed against PSNR, the frontier as a step line, and the peers no dynaccel
+    setting dominates ringed in red (written atomically)."""
+    by_label = {r.label: r for r in rows}
+    finite = [r.psnr_db for r in rows if math.isfinite(r.psnr_db)]
+    cap = max(finite or [40.0]) + 5
+
+    def draw(ax):
+        colors = {"dynaccel": "tab:blue", "diffusers": "tab:orange", "cachedit": "tab:green", "steps": "tab:gray",
+                  "student": "tab:purple", "full": "black"}
+        for kind, color in colors.items():
+            pts = [r for r in rows if r.kind == kind]
+            if pts:
+                ax.scatter([r.speedup for r in pts], [min(r.psnr_db, cap) for r in pts], s=22, color=color,
+                           label={"steps": "fewer steps", "cachedit": "cache-dit"}.get(kind, kind), zorder=3)
+        front = [by_label[x] for x in result["frontier"] if x in by_label]
+        if front:
+            ax.step([r.speedup for r in front], [min(r.psnr_db, cap) for r in front], where="post", color="tab:red",
+                    lw=1, label="frontier")
+            for r in front:
+                ax.annotate(r.label, (r.speedup, min(r.psnr_db, cap)), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        bad = [by_label[x] for x in result["undominated_peers"] if x in by_label]
+        if bad:
+            ax.scatter([r.speedup for r in bad], [min(r.psnr_db, cap) for r in bad], s=90, facecolors="none",
+                       edgecolors="red", label="peer no dynaccel setting dominates", zorder=4)
+        ax.axhline(result["min_psnr_db"], color="gray", lw=0.6, ls=":")
+        ax.set_xlabel("speedup vs full compute (wall clock)")
+        ax.set_ylabel(f"PSNR vs full compute (dB; identical shown at {cap:.0f})")
+        ax.set_title(f"{meta.get('model', '')}: Pareto frontier ({meta.get('machine', {}).get('device', '')})")
+        ax.legend(loc="lower left", fontsize=6)
+
+    path = Path(out_dir) / "pareto.png"
+    atomic_write(path, lambda tmp: _plot_to(tmp, draw))
+    return path
+
+
+def _plot_to(tmp, draw: Callable[[Any], None]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    try:
+        draw(ax)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
 def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple[Path, Path]:
     """``bench.json`` and ``bench.png`` (speed vs PSNR) in ``out_dir``, each written atomically."""
 
     def draw(ax):
         cap = max([r.psnr_db for r in rows if math.isfinite(r.psnr_db)] or [40.0]) + 5
-        for kind, marker in (("dynaccel", "o"), ("diffusers", "s"), ("student", "D"), ("full", "*")):
+        for kind, marker in (("dynaccel", "o"), ("diffusers", "s"), ("cachedit", "^"), ("student", "D"),
+                             ("full", "*")):
             pts = [r for r in rows if r.kind == kind]
             if not pts:
                 continue

@@ -100,7 +100,10 @@ def quickstart(steps: int, repeats: int) -> None:
 DEFAULT_EXTRA_PRESETS = ["taylorseer-48db", "taylorseer-56db"]
 # every cache diffusers 0.42 offers for transformer pipelines; one that cannot run on the model is reported, not run
 DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorseer", "diffusers:seacache",
-                 "diffusers:pab", "diffusers:fastercache"]
+                 "diffusers:pab", "diffusers:fastercache",
+                 # cache-dit's DBCache: F1B0 (its fastest documented form), with its TaylorSeer calibrator, and its
+                 # own default Fn/Bn (F8B0); reported as not run when cache-dit is not installed
+                 "cachedit:dbcache:Fn=1,Bn=0", "cachedit:dbcache:Fn=1,Bn=0,calibrator=taylorseer", "cachedit:dbcache"]
 
 
 @click.command()
@@ -108,10 +111,19 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
               help="zoo model name (tiny-wan, tiny-flux, tiny-vlm, tiny-pi0), smollm2, or a local diffusers "
                    "pipeline or π0 policy folder")
 @click.option("-s", "--setting", "settings", multiple=True,
-              help="strategy[:key=value,...], preset:NAME_OR_PATH[:key=value,...] or diffusers:NAME[:key=value,...]; repeatable "
+              help="strategy[:key=value,...], preset:NAME_OR_PATH[:key=value,...], diffusers:NAME[:key=value,...] or "
+                   "cachedit:dbcache[:key=value,...]; repeatable "
                    "(default: every dynaccel cache strategy, from the model's built-in presets where they exist). "
                    "Robot policies: several joined with '+' run together, 'async[:key=value,...]' adds the executor")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="add diffusers' built-in cache rows")
+@click.option("--peer-grid", is_flag=True,
+              help="run every peer over its documented tuning range instead of at its defaults: diffusers' FBCache, "
+                   "MagCache, TaylorSeer, SeaCache, PAB, FasterCache, and cache-dit's DBCache (if installed)")
+@click.option("--pareto", is_flag=True,
+              help="also write pareto.png (speed vs PSNR, the frontier marked) and list the peer settings no "
+                   "dynaccel setting dominates")
+@click.option("--pareto-min-psnr", type=float, default=30.0, show_default=True,
+              help="with --pareto: the quality floor (dB) below which peer rows are not held against us")
 @click.option("--fewer-steps/--no-fewer-steps", default=True, show_default=True,
               help="add the rows every cache must beat: no acceleration at 40%, 27% and 13% of the steps with the "
                    "pipeline's own scheduler, UniPC and DPM-Solver++ (unless -s gives steps:N rows)")
@@ -133,7 +145,7 @@ DEFAULT_PEERS = ["diffusers:fbcache", "diffusers:magcache", "diffusers:taylorsee
               help="robot policies: the real-time loop's control rate (80: Meta-World's own)")
 @click.option("--realtime-episodes", type=click.IntRange(0, 1000), default=2, show_default=True,
               help="robot policies: real-time episodes per task timed for control frequency (synchronous rows)")
-def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, threads, out_dir, items, all_presets, episodes,
+def bench(model, settings, peers, peer_grid, pareto, pareto_min_psnr, fewer_steps, prompts, seeds, steps, repeats, threads, out_dir, items, all_presets, episodes,
           tasks, control_hz, realtime_episodes):
     """Speed and quality of acceleration settings against full compute on one pipeline, on a transformers model
     (--model tiny-vlm or smollm2: token strategies; prefill, decode, memory, accuracy or agreement), or on a robot
@@ -145,6 +157,10 @@ def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, t
     from . import bench_vla as bv
     from .. import zoo
 
+    if (peer_grid or pareto) and (bv.is_policy_model(model) or bt.is_transformers_model(model)):
+        flag = "--peer-grid" if peer_grid else "--pareto"
+        raise click.BadParameter(f"{flag} applies to diffusers pipelines (cache peers against PSNR); {model!r} is a "
+                                 "robot policy or a transformers model", param_hint=flag)
     if bv.is_policy_model(model):
         specs = [bv.parse_row(x) for x in settings or bv.default_rows(model)]
         rows = bv.run(model, specs, episodes=episodes, tasks=list(tasks) or None, control_hz=control_hz,
@@ -186,7 +202,9 @@ def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, t
             raise click.BadParameter(f"no built-in presets for model {model!r}", param_hint="--all-presets")
         settings = list(settings) + [x for x in ladder if x not in settings]
     parsed = [b.parse_setting(x) for x in settings]
-    if peers and not any(p.kind == "diffusers" for p in parsed):
+    if peer_grid:
+        parsed += [p for p in b.peer_grid() if p.label not in {q.label for q in parsed}]
+    elif peers and not any(p.kind in b.PEER_KINDS for p in parsed):
         parsed += [b.parse_setting(x) for x in DEFAULT_PEERS]
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
@@ -216,8 +234,14 @@ def bench(model, settings, peers, fewer_steps, prompts, seeds, steps, repeats, t
     click.echo(b.format_table(rows))
     for item in not_run:
         click.echo(f"not run: {item['setting']} failed on {type(pipe).__name__} ({item['error']})")
+    if pareto:
+        meta["pareto"] = b.pareto(rows, pareto_min_psnr)
+        click.echo("\n" + b.format_pareto(meta["pareto"]))
     json_path, png_path = b.write_results(Path(out_dir), rows, meta)
-    click.echo(f"\nwrote {json_path} and {png_path}")
+    written = f"{json_path} and {png_path}"
+    if pareto:
+        written = f"{json_path}, {png_path} and {b.write_pareto_plot(Path(out_dir), rows, meta['pareto'], meta)}"
+    click.echo(f"\nwrote {written}")
 
 
 @click.command()
