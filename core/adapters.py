@@ -135,6 +135,18 @@ class ModelAdapter:
         attention sees the video tokens in this raster order (frame, row, column)."""
         raise NotImplementedError
 
+    def latent_grid(self, model_args: tuple, model_kwargs: dict) -> torch.Tensor | None:
+        """The noisy latent a model call denoises, laid out on its grid: (batch, channels, *spatial), e.g.
+        (B, C, T, H, W) for video, for indicators that look at its spectrum (None: no grid to be had). Default:
+        the ``hidden_states`` argument when it already has 4 or 5 dimensions."""
+        hs = model_kwargs.get("hidden_states", model_args[0] if model_args else None)
+        return hs if isinstance(hs, torch.Tensor) and hs.ndim in (4, 5) else None
+
+    def noise_level(self, model_args: tuple, model_kwargs: dict) -> float | None:
+        """The call's noise level sigma in [0, 1] (flow matching: the share of noise in the sample), read from its
+        arguments; None when the adapter cannot tell (strategies then fall back to the step fraction)."""
+        return None
+
     def teacache_profile(self, mode: str = "normal") -> str | None:
         """Name of the published TeaCache coefficient set for this model, or None when there is none."""
         return None

@@ -66,6 +66,20 @@ class DiffusersAdapter(ModelAdapter):
         return (f // patch_t, h // patch_h, w // patch_w)
 
 
+def _timestep_sigma(model_args: tuple, model_kwargs: dict, position: int, scale: float) -> float | None:
+    """sigma from a model call's ``timestep`` argument (keyword, or positional at ``position``) divided by
+    ``scale``; one host read. None when there is none or it is out of [0, 1]."""
+    t = model_kwargs.get("timestep", model_args[position] if len(model_args) > position else None)
+    if isinstance(t, torch.Tensor):
+        if not t.numel():
+            return None
+        t = float(t.flatten()[0])
+    if not isinstance(t, (int, float)):
+        return None
+    sigma = float(t) / scale
+    return sigma if 0.0 <= sigma <= 1.0 else None
+
+
 class WanAdapter(DiffusersAdapter):
     """diffusers ``WanTransformer3DModel`` (Wan 2.1 T2V/I2V, Wan 2.2).
 
@@ -106,6 +120,10 @@ class WanAdapter(DiffusersAdapter):
         pt, ph, pw = self.model.config.patch_size
         return self._grid(model_args, model_kwargs, 2, pt, ph, pw)
 
+    def noise_level(self, model_args, model_kwargs):
+        # WanPipeline passes the scheduler's timestep, sigma x 1000 (num_train_timesteps) for flow matching
+        return _timestep_sigma(model_args, model_kwargs, 1, 1000.0)
+
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         if mode == "retention":
             spec = self.spec_of(self.model.blocks[0])
@@ -140,6 +158,28 @@ class FluxAdapter(DiffusersAdapter):
 
     def modulated_input(self, block_args, block_kwargs, mode="normal"):
         return self._block0_norm1(block_args, block_kwargs)
+
+    def noise_level(self, model_args, model_kwargs):
+        # FluxPipeline passes timestep / 1000: sigma itself
+        return _timestep_sigma(model_args, model_kwargs, 3, 1.0)
+
+    def latent_grid(self, model_args, model_kwargs):
+        """Flux's packed tokens (B, N, C) back on the (row, column) grid that ``img_ids`` gives each token."""
+        hs = model_kwargs.get("hidden_states", model_args[0] if model_args else None)
+        ids = model_kwargs.get("img_ids", model_args[4] if len(model_args) > 4 else None)
+        if not isinstance(hs, torch.Tensor) or hs.ndim != 3 or not isinstance(ids, torch.Tensor):
+            return None
+        ids = ids[0] if ids.ndim == 3 else ids
+        if ids.ndim != 2 or ids.shape[0] != hs.shape[1] or ids.shape[1] < 3:
+            return None
+        rows, cols = ids[:, 1].long(), ids[:, 2].long()
+        rows, cols = rows - rows.min(), cols - cols.min()
+        h, w = int(rows.max()) + 1, int(cols.max()) + 1
+        if h * w != hs.shape[1]:  # not one full grid (e.g. reference-image tokens appended): no spectrum
+            return None
+        grid = hs.new_zeros(hs.shape[0], h * w, hs.shape[2])
+        grid[:, rows * w + cols] = hs
+        return grid.reshape(hs.shape[0], h, w, hs.shape[2]).permute(0, 3, 1, 2)
 
     def teacache_profile(self, mode="normal"):
         return "flux-kontext" if "kontext" in _name(self.model) else "flux"

@@ -1,5 +1,5 @@
 """Cache-reuse family (training-free, diffusion transformers): TeaCache, First-Block Cache, EasyCache, MagCache,
-AdaCache, BWCache, SmoothCache, TaylorSeer, and learned_cache (a
+AdaCache, BWCache, SmoothCache, TaylorSeer, SeaCache, and learned_cache (a
 learned predictor of skipped residuals).
 
 The public, stable names for writing a cache strategy in another package (docs/plugins.md)::
@@ -16,13 +16,14 @@ from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass
 from .fbcache import FBCache
 from .learned_cache import LearnedCache
 from .magcache import MagCache
+from .seacache import SeaCache
 from .smoothcache import SmoothCache
 from .taylorseer import TaylorSeer
 from .teacache import TeaCache
 
 __all__ = ["CacheConfig", "CachePolicy", "CacheStrategy", "Pass", "STRATEGIES"]
 
-STRATEGIES = (TeaCache, FBCache, EasyCache, MagCache, AdaCache, BWCache, SmoothCache, TaylorSeer, LearnedCache)
+STRATEGIES = (TeaCache, FBCache, EasyCache, MagCache, AdaCache, BWCache, SmoothCache, TaylorSeer, SeaCache, LearnedCache)
 
 
 @hookimpl

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -112,6 +113,8 @@ class Pass:
     anchor_hs: torch.Tensor | None = None
     anchor_enc: torch.Tensor | None = None
     input_hs: torch.Tensor | None = None  # block 0's hidden-states input
+    call: tuple | None = None  # the model call's (args, kwargs), for policies that read its inputs (adapter calls)
+    sigma: float | None = None  # the noise level the pipeline's cache context gives, if any
 
 
 class CachePolicy:
@@ -171,6 +174,46 @@ class CachePolicy:
 
     def extra_stats(self) -> dict[str, Any]:
         return {}
+
+
+class TaylorForecast:
+    """The block-stack residual of a skipped pass forecast by a Taylor expansion in the step index over the last
+    computed steps (TaylorSeer's rule, arXiv 2503.06923): r(t) ~ r(t0) + r'(t0) (t - t0) + r''(t0) (t - t0)^2 / 2,
+    the derivatives finite differences over the computed steps (``order`` 0 reuses, 1 extrapolates linearly, 2
+    quadratically). Kept per CFG branch in ``p.branch.data``; memory: ``order + 1`` residuals per branch."""
+
+    @staticmethod
+    def record(p: Pass, residual: torch.Tensor, order: int) -> None:
+        """A computed pass: its residual and the finite differences with the previous computed ones."""
+        data = p.branch.data
+        old = data.get("derivs") or []
+        last = data.get("last_step")
+        new = [residual]
+        if old and last is not None and old[0].shape == residual.shape and p.step > last:
+            dt = float(p.step - last)
+            for j in range(min(order, len(old))):
+                new.append((new[j] - old[j]) / dt)
+        data["derivs"], data["last_step"] = new, p.step
+        data.pop("forecast_step", None)
+
+    @staticmethod
+    def ready(p: Pass, order: int) -> bool:
+        """Enough computed steps for the derivatives of ``order``."""
+        return len(p.branch.data.get("derivs") or []) >= order + 1
+
+    @staticmethod
+    def forecast(p: Pass, order: int) -> torch.Tensor:
+        """The forecast residual at ``p.step`` (memoized per step); the last computed one while too few steps
+        were computed for ``order``."""
+        data = p.branch.data
+        if data.get("forecast_step") != p.step:
+            derivs = data["derivs"]
+            k = float(p.step - data["last_step"])
+            out = derivs[0]
+            for j in range(1, min(order, len(derivs) - 1) + 1):
+                out = out + derivs[j] * (k**j / math.factorial(j))
+            data["forecast"], data["forecast_step"] = out, p.step
+        return data["forecast"]
 
 
 def all_below(values: torch.Tensor, threshold: float) -> bool:
@@ -344,7 +387,8 @@ class CacheEngine(Engine):
         name, ctx_step, ctx_steps, timestep = diffusers_hooks.context_fields(ctx)
         call = self.tracker.observe(name, step=ctx_step, num_steps=ctx_steps, timestep=timestep)
         run, b, step = call.run, call.branch, call.step
-        p = Pass(b, step, run.num_steps, self._forced(step, run.num_steps))
+        p = Pass(b, step, run.num_steps, self._forced(step, run.num_steps), call=(args, kwargs),
+                 sigma=getattr(ctx, "sigma", None))
         if self._idle():  # the off setting: nothing is measured, stored or decided; the pass is only counted
             b.computed += 1
             return orig(*args, **kwargs)

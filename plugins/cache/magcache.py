@@ -4,7 +4,10 @@ The magnitude ratio of successive block-stack residuals, r_t = mean over tokens 
 stable across prompts, so it is calibrated once from one full run and saved. At run time the decision uses only
 these calibrated numbers: while skipping, the accumulated ratio g = prod r and the error sum |1 - g| grow; a pass
 is skipped while the error stays below ``threshold`` and at most ``max_skip_steps`` passes in a row were skipped;
-then a full pass resets both. The skipped passes add the last computed residual to block 0's input.
+then a full pass resets both. The skipped passes add the last computed residual to block 0's input, or with
+``order`` 1 or 2 its Taylor forecast over the last computed steps (TaylorSeer's rule, arXiv 2503.06923: the
+residual keeps drifting while the magnitude test skips, and a linear forecast follows it; one or two extra residuals
+per CFG branch in memory). ``order`` is a dynaccel option; 0 is the paper's method.
 
 Calibration: if ``ratios_path`` names an existing JSON file the ratios are read from it; otherwise the first
 generation after ``enable_accel`` runs in full, records the ratios per CFG branch, and (when ``ratios_path`` is
@@ -23,7 +26,7 @@ import torch
 
 from ...core.config import option
 from . import calibration
-from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, TaylorForecast
 
 CALIBRATION_FORMAT = "dynaccel.magcache.ratios/2"
 
@@ -36,6 +39,13 @@ class MagCacheConfig(CacheConfig):
     max_skip_steps: int = option(2, doc="most passes in a row that may reuse the cache", min=1, max=100)
     start: float = option(
         0.2, doc="fraction of the steps at the start that are always computed (MagCache's retention ratio)", min=0.0, max=1.0, step=0.01
+    )
+    order: int = option(
+        0,
+        doc="what a skipped pass adds: 0 the last computed residual (MagCache's reuse), 1 its linear forecast from "
+        "the last two computed steps, 2 quadratic (TaylorSeer's rule)",
+        min=0,
+        max=2,
     )
     ratios_path: str = option(
         "", doc="JSON file with calibrated ratios: read when it exists, else written after the calibration run"
@@ -79,6 +89,8 @@ class _MagCachePolicy(calibration.CalibratedPolicy, CachePolicy):
             p.skip = False
 
     def computed(self, p: Pass, residual: torch.Tensor) -> None:
+        if self.config.order:
+            TaylorForecast.record(p, residual, self.config.order)
         if not self.calibrating:
             return
         data = p.branch.data
@@ -90,6 +102,12 @@ class _MagCachePolicy(calibration.CalibratedPolicy, CachePolicy):
             ratio = float((cur_n / prev_n).mean())
         self.record(p.branch.name, p.step, ratio)
         data["cal_prev"] = residual
+
+
+    def residuals(self, p: Pass):
+        if not self.config.order or not TaylorForecast.ready(p, 1):
+            return super().residuals(p)
+        return TaylorForecast.forecast(p, self.config.order), p.branch.data.get("res_enc")
 
 
 class MagCache(CacheStrategy):

@@ -16,14 +16,13 @@ Memory: ``order + 1`` residuals of the block stack per branch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ...core.config import option
 from . import kernels
-from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, all_below
+from .engine import CacheConfig, CachePolicy, CacheStrategy, Pass, TaylorForecast, all_below
 
 
 @dataclass(frozen=True)
@@ -47,15 +46,8 @@ class _TaylorSeerPolicy(CachePolicy):
     anchor = "input"
 
     def computed(self, p: Pass, residual: torch.Tensor) -> None:
-        data = p.branch.data
-        old = data.get("derivs") or []
-        last = data.get("last_step")
-        new = [residual]
-        if old and last is not None and old[0].shape == residual.shape and p.step > last:
-            dt = float(p.step - last)
-            for j in range(min(self.config.order, len(old))):
-                new.append((new[j] - old[j]) / dt)
-        data["derivs"], data["last_step"], data["streak"] = new, p.step, 0
+        TaylorForecast.record(p, residual, self.config.order)
+        p.branch.data["streak"] = 0
 
     def begin(self, p: Pass, x) -> None:
         cfg = self.config
@@ -72,16 +64,7 @@ class _TaylorSeerPolicy(CachePolicy):
             p.skip = True
 
     def _forecast(self, p: Pass) -> torch.Tensor:
-        """The Taylor forecast of the residual at ``p.step`` from the derivatives known (memoized per step)."""
-        data = p.branch.data
-        if data.get("forecast_step") != p.step:
-            derivs = data["derivs"]
-            k = float(p.step - data["last_step"])
-            forecast = derivs[0]
-            for j in range(1, min(self.config.order, len(derivs) - 1) + 1):
-                forecast = forecast + derivs[j] * (k**j / math.factorial(j))
-            data["forecast"], data["forecast_step"] = forecast, p.step
-        return data["forecast"]
+        return TaylorForecast.forecast(p, self.config.order)
 
     def residuals(self, p: Pass):
         # a CFG branch following another's decision (cfg_sync) may reuse at a step its own test did not pick

@@ -24,8 +24,8 @@ from dynaccel.comfy_nodes.schema import config_from_inputs, node_inputs
 from dynaccel.core.config import StrategyConfig, option
 from dynaccel.core.registry import get_registry
 
-CACHE = ["adacache", "bwcache", "easycache", "fbcache", "learned_cache", "magcache", "smoothcache", "taylorseer",
-         "teacache"]
+CACHE = ["adacache", "bwcache", "easycache", "fbcache", "learned_cache", "magcache", "seacache", "smoothcache",
+         "taylorseer", "teacache"]
 
 
 @pytest.mark.parametrize("name", CACHE)

@@ -21,7 +21,8 @@ from dynaccel.core.registry import get_registry
 from dynaccel.plugins.sparse_attention.sliding_tile import SlidingTile
 
 SPARSE = {"sliding_tile", "radial", "svg", "pasa"}
-CACHE = {"teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"}
+CACHE = {"teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer",
+         "seacache"}
 
 
 def test_nodes_come_from_the_strategies_that_declare_a_comfyui_runner():

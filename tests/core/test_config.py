@@ -71,7 +71,7 @@ def test_cache_start_must_not_exceed_end():
 
 
 @pytest.mark.parametrize(
-    "name", ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
+    "name", ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer", "seacache"]
 )
 def test_every_builtin_field_has_doc_and_threshold_zero_is_allowed(name):
     info = dynaccel.strategy_info(name)

@@ -310,8 +310,8 @@ def test_block_list_switches_off_a_builtin_plugin():
 
 def test_allow_list_loads_only_the_named_plugins():
     assert _strategies_with_env(DYNACCEL_PLUGINS="dynaccel.cache,dynaccel.adapters") == [
-        "adacache", "bwcache", "easycache", "fbcache", "learned_cache", "magcache", "smoothcache", "taylorseer",
-        "teacache"
+        "adacache", "bwcache", "easycache", "fbcache", "learned_cache", "magcache", "seacache", "smoothcache",
+        "taylorseer", "teacache"
     ]
 
 

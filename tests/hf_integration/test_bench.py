@@ -179,7 +179,7 @@ def test_all_presets_adds_the_models_quality_ladder(folder, monkeypatch, capsys)
 
 # the built-in cache strategies, in registration order: every strategy of the cache family is benched by default
 CACHE_STRATEGIES = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer",
-                    "learned_cache"]
+                    "seacache", "learned_cache"]
 
 
 def test_default_rows_are_the_presets_plus_the_high_quality_ones_where_they_exist(folder, monkeypatch):

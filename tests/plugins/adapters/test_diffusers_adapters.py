@@ -45,11 +45,11 @@ from dynaccel.plugins.adapters.diffusers_models import (
 torch.set_num_threads(1)
 
 STEPS = 6
-STRATEGIES = ("teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer")
+STRATEGIES = ("teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer", "seacache")
 CALIBRATED = {"magcache", "smoothcache"}  # the first run calibrates in full
 #: thresholds at which every tiny model skips (all within each strategy's Config range)
 HIGH = {"teacache": 1.0, "fbcache": 1.0, "easycache": 0.5, "magcache": 1.0, "adacache": 1.0, "bwcache": 1.0,
-        "smoothcache": 1.0, "taylorseer": 1.0}
+        "smoothcache": 1.0, "taylorseer": 1.0, "seacache": 1.0}
 
 
 def _reused(stats):

@@ -8,12 +8,12 @@ from tiny_models import PIPELINES, BlockCounter
 
 import dynaccel
 
-STRATEGIES = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
+STRATEGIES = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer", "seacache"]
 CALIBRATED = {"magcache", "smoothcache"}  # the first generation calibrates in full
 PER_BLOCK = {"bwcache", "smoothcache"}  # blocks decide one by one: passes are never skipped whole
 # thresholds at which the tiny random models skip a good share of passes
 HIGH = {"teacache": 1.0, "fbcache": 1.0, "easycache": 0.5, "magcache": 1.0, "adacache": 1.0, "bwcache": 1.0,
-        "smoothcache": 1.0, "taylorseer": 1.0}
+        "smoothcache": 1.0, "taylorseer": 1.0, "seacache": 1.0}
 
 
 def reused(stats):
@@ -304,3 +304,43 @@ def test_adacache_reuses_more_with_a_larger_budget(pipe_of):
         run(pipe)
         computed.append(pipe.accel_stats["adacache"]["computed"])
     assert computed[0] >= computed[1] >= computed[2] and computed[0] > computed[2]
+
+
+@pytest.mark.parametrize("arch", ["wan", "flux"])
+def test_magcache_order_forecasts_the_residual_on_the_same_schedule(pipe_of, tmp_path, arch):
+    # the magnitude test alone decides; order only changes what a skipped pass adds (reuse, or the linear forecast
+    # over the last two computed steps)
+    pipe, run = pipe_of(arch)
+    path = tmp_path / "ratios.json"
+    outs, schedules = {}, {}
+    for order in (0, 1, 2):
+        pipe.enable_accel("magcache", threshold=1.0, max_skip_steps=2, order=order, ratios_path=str(path))
+        outs[order] = _run_accelerated(run, pipe, "magcache") if order == 0 else run(pipe)
+        schedules[order] = pipe.accel_stats["magcache"]["branches"]
+        assert pipe.accel_stats["magcache"]["skipped"] > 0
+    assert schedules[0] == schedules[1] == schedules[2]
+    assert not torch.equal(outs[0], outs[1]) and not torch.equal(outs[1], outs[2])
+    pipe.enable_accel("magcache", threshold=1.0, max_skip_steps=2, ratios_path=str(path))
+    assert torch.equal(run(pipe), outs[0])  # order 0 is the default: MagCache's plain reuse
+
+
+def test_magcache_linear_forecast_is_closer_to_full_compute_on_the_zoo_wan():
+    # on the trained tiny-wan, runs of two skipped passes: the residual drifts and the forecast follows it
+    from dynaccel.hf_integration import bench
+
+    path = bench.resolve_model("tiny-wan")
+    pipe = bench.load_pipeline(path)
+    call = bench.generation_defaults("tiny-wan", path)
+    prompt = "a green triangle moving right fast"  # not a prompt the zoo presets were calibrated on
+
+    def gen():
+        return bench.frames(pipe(prompt=prompt, generator=torch.Generator().manual_seed(0), output_type="pt", **call))
+
+    full = gen()
+    psnr = {}
+    for order in (0, 1):
+        pipe.enable_accel(preset="tiny-wan-magcache-47db", order=order)
+        out = gen()
+        psnr[order] = bench.psnr_of(float(((out - full) ** 2).mean()))
+        pipe.disable_accel()
+    assert psnr[1] > psnr[0] + 1.0, psnr

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import PIPELINES
 
-STRATEGIES = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer"]
+STRATEGIES = ["teacache", "fbcache", "easycache", "magcache", "adacache", "bwcache", "smoothcache", "taylorseer", "seacache"]
 CALIBRATED = {"magcache", "smoothcache"}
 GRID = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8]
 

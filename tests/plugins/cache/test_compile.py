@@ -15,7 +15,7 @@ torch._dynamo = pytest.importorskip("torch._dynamo")
 from torch._dynamo.utils import counters  # noqa: E402
 
 THRESHOLDS = {"teacache": 1.0, "fbcache": 1.0, "easycache": 0.5, "magcache": 1.0, "adacache": 1.0, "bwcache": 1.0,
-              "smoothcache": 1.0, "taylorseer": 1.0}
+              "smoothcache": 1.0, "taylorseer": 1.0, "seacache": 1.0}
 
 
 @pytest.mark.parametrize("strategy", list(THRESHOLDS))
