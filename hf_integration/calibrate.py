@@ -25,6 +25,7 @@ preset slower than no preset is never written). The chosen setting is then timed
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import statistics
@@ -114,10 +115,30 @@ def calibrate(
     name: str | None = None,
     learn: bool = False,
     learn_prompts: list[str] | None = None,
+    search: dict[str, list[Any]] | None = None,
+    memo: dict[str, Any] | None = None,
+    check_prompts: list[str] | None = None,
 ) -> CalibrationResult:
+    """Fit ``strategy`` and search its knobs on ``heldout_prompts`` (the search prompts) for the setting that skips
+    the most work at PSNR >= ``min_psnr``.
+
+    ``search``: other options searched jointly with the threshold and the skip cap, each over the values given
+    (e.g. ``{"start": [0.0, 0.1], "order": [0, 1]}``), checked by the schema before any generation.
+    ``memo``: pass the same dict to several calls on the same pipeline, prompts and seeds (a quality ladder: one
+    call per target) and every measured setting, full compute included, is measured once.
+    ``check_prompts``: prompts the search never saw; the chosen setting is run on them too and the result recorded
+    in the provenance (``checked``), to show how the quality holds away from the search prompts."""
     reg = get_registry()
     cls = reg.strategy(strategy)
     config = dict(base_config or {})
+    search = dict(search or {})
+    for key, values in search.items():  # bad names and values fail before any generation
+        if not values:
+            raise bench.BenchError(f"search {key}: give at least one value")
+        if key in config:
+            raise bench.BenchError(f"{key} is both fixed and searched; drop one")
+        for v in values:
+            cls.Config.from_kwargs(strategy, **{**config, key: v})
     learned_option = getattr(cls, "learned_option", None)
     if learn and learned_option is None:
         learnable = sorted(n for n, c in reg.strategies.items() if getattr(c, "learned_option", None))
@@ -157,15 +178,30 @@ def calibrate(
         config[option] = str(tmp)
     grid = thresholds or threshold_grid(strategy)
     knob = cls.Config.quality_knob_field().name
-    baseline: dict[str, Any] = {}
+    memo = memo if memo is not None else {}
+    baseline: dict[str, Any] = memo.setdefault("__baseline__", {})
     tried: list[tuple[bench.Setting, bench.Row]] = []
-    full_row: list[bench.Row] = []
-    for cap in cap_values:
-        cfg = dict(config) if cap is None else {**config, cls.cap_option: cap}
+    full_row: list[bench.Row] = memo.setdefault("__full__", [])
+
+    def measure(candidates: list[bench.Setting]) -> list[bench.Row]:
+        """Rows of ``candidates`` (search prompts, one timing), each measured once per ``memo``."""
+        keys = [_memo_key(strategy, c.config) for c in candidates]
+        todo = [c for c, k in zip(candidates, keys) if k not in memo]
+        if todo:
+            full, *rows = bench.run_bench(pipe, todo, heldout_prompts, seeds, call, repeats=1, progress=progress,
+                                          baseline=baseline)
+            if not full_row:
+                full_row.append(full)
+            for c, r in zip(todo, rows):
+                memo[_memo_key(strategy, c.config)] = r
+        return [memo[k] for k in keys]
+
+    combos = [dict(zip(search, values)) for values in itertools.product(*search.values())] or [{}]
+    variants = [({**config, **combo} if cap is None else {**config, **combo, cls.cap_option: cap})
+                for cap in cap_values for combo in combos]
+    for cfg in variants:
         candidates = [bench.Setting("dynaccel", strategy, {**cfg, knob: t}) for t in grid]
-        full, *rows = bench.run_bench(pipe, candidates, heldout_prompts, seeds, call, repeats=1, progress=progress,
-                                      baseline=baseline)
-        full_row = full_row or [full]
+        rows = measure(candidates)
         tried += list(zip(candidates, rows))
         # refine: bisect (geometrically) between the largest passing threshold and the next one, which failed
         passing = [i for i, r in enumerate(rows) if r.psnr_db >= min_psnr]
@@ -178,8 +214,7 @@ def calibrate(
                     if mid in (lo, hi):
                         break
                 setting = bench.Setting("dynaccel", strategy, {**cfg, knob: mid})
-                row = bench.run_bench(pipe, [setting], heldout_prompts, seeds, call, repeats=1, progress=progress,
-                                      baseline=baseline)[1]
+                row = measure([setting])[0]
                 tried.append((setting, row))
                 lo, hi = (mid, hi) if row.psnr_db >= min_psnr else (lo, mid)
     ok = [(s, r) for s, r in tried if r.psnr_db >= min_psnr and _skipped(r)]
@@ -190,15 +225,15 @@ def calibrate(
             f"held-out prompts (best with skipping: {best.label} at {best.psnr_db:.2f} dB); lower --min-psnr or use "
             f"more steps"
         )
-    # most work skipped (robust against timing noise); among equals the smallest cap, then the smallest threshold:
-    # the safest of the equally fast settings
-    chosen_setting, chosen = max(ok, key=lambda sr: (_work_skipped(sr[1]), -sr[0].config.get(cls.cap_option or "", 0),
+    # most work skipped (robust against timing noise); among equals the best PSNR, then the smallest cap, then the
+    # smallest threshold: the safest of the equally fast settings
+    chosen_setting, chosen = max(ok, key=lambda sr: (round(_work_skipped(sr[1]), 6), sr[1].psnr_db,
+                                                     -sr[0].config.get(cls.cap_option or "", 0),
                                                      -sr[0].config[knob]))
     if "compute_last" not in config and chosen_setting.config.get("compute_last", True):
         # the last step is computed by default; try letting it reuse too, and keep that when the target still holds
         setting = bench.Setting("dynaccel", strategy, {**chosen_setting.config, "compute_last": False})
-        row = bench.run_bench(pipe, [setting], heldout_prompts, seeds, call, repeats=1, progress=progress,
-                              baseline=baseline)[1]
+        row = measure([setting])[0]
         tried.append((setting, row))
         if free_last_step_wins(row, chosen, min_psnr):
             chosen_setting, chosen = setting, row
@@ -211,6 +246,12 @@ def calibrate(
                 f"no faster setting: the fastest {strategy} setting that reaches PSNR >= {min_psnr} dB "
                 f"({chosen.label}, {chosen.computed} computed) ran at {chosen.speedup:.2f}x full compute's speed, so "
                 "its skipped work does not pay for its own cost; lower --min-psnr (nothing written)")
+    checked = None
+    if check_prompts:  # quality away from the search prompts: recorded, never used to choose
+        check = bench.run_bench(pipe, [chosen_setting], check_prompts, seeds, call, repeats=1, progress=progress)[1]
+        checked = {"prompts": list(check_prompts), "psnr_db": round(check.psnr_db, 2),
+                   "psnr_min_db": round(check.psnr_min_db, 2), "ssim": round(check.ssim, 4),
+                   "computed": check.computed}
     final = dict(chosen_setting.config)
     if strategy in SIDE_FILES:
         final[SIDE_FILES[strategy]] = f"{Path(model).name}-{strategy}-calibration.json"
@@ -241,9 +282,41 @@ def calibrate(
                          "psnr_min_db": round(chosen.psnr_min_db, 2), "ssim": round(chosen.ssim, 4),
                          "computed": chosen.computed},
             "fit": diagnostics,
+            **({"searched": {k: list(v) for k, v in search.items()}} if search else {}),
+            **({"checked": checked} if checked else {}),
         },
     )
     return CalibrationResult(preset, full_row + [r for _, r in tried], chosen, side_file, learned_file)
+
+
+def search_prompts(model: str, count: int = 6) -> list[str]:
+    """The prompts a zoo model's threshold search runs by default: ``count`` of its distillation fit prompts, spread
+    over them (never its held-out ones nor the bench's four); else the last two of the bench's default prompts."""
+    from .. import zoo
+
+    if model in zoo.available():
+        fit = zoo.distill_prompts(model)[0]
+        if fit:
+            return [fit[round(i * (len(fit) - 1) / max(count - 1, 1))] for i in range(min(count, len(fit)))]
+    return bench.default_prompts(model)[2:]
+
+
+def check_prompts(model: str) -> list[str]:
+    """Prompts no preset is calibrated on, for the check after the search: a zoo model's held-out prompts without
+    the bench's four (12 for tiny-wan and tiny-flux); none for other models."""
+    from .. import zoo
+
+    if model not in zoo.available():
+        return []
+    return [p for p in zoo.distill_prompts(model)[1] if p not in bench.default_prompts(model)]
+
+
+def _memo_key(strategy: str, config: dict[str, Any]) -> str:
+    """A setting's identity for the memo: its options, without the temporary path of a calibration file (each call
+    recalibrates into a new temporary file, from the same deterministic full-compute run)."""
+    side = SIDE_FILES.get(strategy)
+    return json.dumps({"strategy": strategy, **{k: v for k, v in config.items() if k != side}}, sort_keys=True,
+                      default=str)
 
 
 def learn_prompts(model: str, fit: list[str], count: int = 12) -> list[str]:

@@ -250,7 +250,9 @@ def bench(model, settings, peers, peer_grid, pareto, pareto_min_psnr, fewer_step
 @click.option("--strategy", required=True, help="the strategy to calibrate, e.g. teacache")
 @click.option("--min-psnr", type=float, default=30.0, show_default=True, help="quality target against full compute (dB)")
 @click.option("--fit-prompt", "fit_prompts", multiple=True, help="prompts for fitting (default: two built-in ones)")
-@click.option("--heldout-prompt", "heldout_prompts", multiple=True, help="prompts for the threshold search")
+@click.option("--heldout-prompt", "heldout_prompts", multiple=True,
+              help="prompts for the threshold search (default for zoo models: six of their distillation fit "
+                   "prompts, never the held-out ones; else two built-in ones)")
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds")
 @click.option("--steps", type=click.IntRange(2, 1000), default=None, help="denoising steps (default: the model's)")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="torch threads")
@@ -268,9 +270,15 @@ def bench(model, settings, peers, peer_grid, pareto, pareto_min_psnr, fewer_step
 @click.option("--learn", is_flag=True,
               help="train what the strategy learns (learned_cache: its predictor) on full-compute runs of the fit "
                    "prompts first, and write it beside the preset")
+@click.option("--search", "searched", multiple=True,
+              help="key=v1,v2,...: another option searched jointly with the threshold and skip cap, e.g. "
+                   "start=0,0.1,0.2 or order=0,1; repeatable")
+@click.option("--check-prompt", "check_prompts", multiple=True,
+              help="prompts the search never sees; the chosen setting's quality on them is printed and recorded "
+                   "(default for zoo models: their held-out prompts)")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="preset JSON to write")
 def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, steps, threads, caps, fixed, min_success,
-              episodes, heldout_episodes, learn, out):
+              episodes, heldout_episodes, learn, searched, check_prompts, out):
     """Fit a strategy to a pipeline and write the fastest preset that meets --min-psnr on held-out prompts; on a
     robot policy (--model tiny-pi0), the lowest-latency setting whose closed-loop success on fit episodes keeps
     --min-success of full compute's, judged on held-out episodes."""
@@ -292,6 +300,16 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
     base = b.parse_setting(f"{strategy}:{','.join(fixed)}").config if fixed else {}
     if knob.name in base:
         raise click.BadParameter(f"{knob.name} is what calibrate searches; fix other options", param_hint="--set")
+    search: dict[str, list] = {}
+    for item in searched:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise click.BadParameter(f"{item!r}; accepted: key=v1,v2,... e.g. start=0,0.1,0.2", param_hint="--search")
+        if key == knob.name or key in base or key in search:
+            raise click.BadParameter(f"{key}: searched already, or fixed by --set", param_hint="--search")
+        typed = [b.parse_setting(f"{strategy}:{key}={v.strip()}").config[key] for v in values.split(",") if v.strip()]
+        search[key] = typed
     from . import bench_vla as bv
 
     if bv.is_policy_model(model):  # success rate in closed loop is the quality target (PSNR means nothing here)
@@ -328,15 +346,21 @@ def calibrate(model, strategy, min_psnr, fit_prompts, heldout_prompts, seeds, st
     if steps is not None:
         call["num_inference_steps"] = steps
     fit = list(fit_prompts) or b.default_prompts(model)[:2]
-    held = list(heldout_prompts) or b.default_prompts(model)[2:]
+    held = list(heldout_prompts) or c.search_prompts(model)
+    checks = list(check_prompts) if check_prompts else [p for p in c.check_prompts(model) if p not in held]
     learn_prompts = list(fit_prompts) or c.learn_prompts(model, fit)
     result = c.calibrate(pipe, model, strategy, fit, held, seed_list, call, min_psnr, Path(out).parent,
-                         caps=cap_list, base_config=base, learn=learn, learn_prompts=learn_prompts)
+                         caps=cap_list, base_config=base, learn=learn, learn_prompts=learn_prompts, search=search,
+                         check_prompts=checks)
     click.echo(b.format_table(result.rows))
     written = c.write_preset(result, Path(out))
     m = result.preset.provenance["measured"]
-    click.echo(f"\nchose {result.chosen.label}: {m['speedup']:.2f}x at {m['psnr_db']:.2f} dB; wrote "
-               + ", ".join(map(str, written)))
+    click.echo(f"\nchose {result.chosen.label}: {m['speedup']:.2f}x at {m['psnr_db']:.2f} dB on the search prompts")
+    checked = result.preset.provenance.get("checked")
+    if checked:
+        click.echo(f"on {len(checked['prompts'])} prompts the search never saw: {checked['psnr_db']:.2f} dB "
+                   f"({checked['computed']} computed)")
+    click.echo("wrote " + ", ".join(map(str, written)))
 
 
 @click.command()

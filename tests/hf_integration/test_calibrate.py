@@ -164,3 +164,48 @@ def test_a_winner_no_faster_than_full_compute_is_refused_and_nothing_written(fol
     err = capsys.readouterr().err
     assert "no faster setting: the fastest easycache setting that reaches PSNR >= 15.0 dB" in err and "0.95x" in err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_joint_search_memo_across_targets_and_the_check_on_unseen_prompts(folder, tmp_path, monkeypatch):
+    from dynaccel.hf_integration import calibrate
+
+    pipe = bench.load_pipeline(folder)
+    prompts = bench.DEFAULT_PROMPTS
+    measured = []
+    real = bench.run_bench
+
+    def counting(pipe_, settings, *a, **k):
+        measured.extend(s.label for s in settings)
+        return real(pipe_, settings, *a, **k)
+
+    monkeypatch.setattr(bench, "run_bench", counting)
+    memo = {}
+    args = (pipe, str(folder), "magcache", prompts[:1], prompts[2:3], [0], CALL)
+    kwargs = dict(thresholds=[0.3, 1.0], caps=[2], timing_repeats=1, refine=0, memo=memo,
+                  search={"order": [0, 1]})
+    low = calibrate.calibrate(*args, 15.0, tmp_path, check_prompts=[prompts[3]], **kwargs)
+    # every (order, threshold) pair, each measured once (labels also hold the temporary calibration file's path)
+    searched = [r.label.split(".json,")[1] for r in low.rows[1:5]]
+    assert searched == [f"order={o},max_skip_steps=2,threshold={t}" for o in (0, 1) for t in (0.3, 1.0)]
+    prov = low.preset.provenance
+    assert prov["searched"] == {"order": [0, 1]}
+    checked = prov["checked"]
+    assert checked["prompts"] == [prompts[3]] and checked["psnr_db"] > 0 and "/" in checked["computed"]
+    before = len(measured)
+    high = calibrate.calibrate(*args, 30.0, tmp_path, **kwargs)
+    # the second target reuses every measured search row and full compute: only compute_last's try may be new
+    new = [x for x in measured[before:] if x != "full compute"]
+    assert all("compute_last=False" in x for x in new), new
+    assert high.chosen.psnr_db >= 30.0 or high.chosen.psnr_db >= low.chosen.psnr_db
+
+
+def test_search_values_are_checked_before_any_generation(folder, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    for bad, message in ((["--search", "order=0,7"], "option 'order': got 7"),
+                         (["--search", "order"], "accepted: key=v1,v2"),
+                         (["--search", "threshold=0.1,0.2"], "searched already")):
+        with pytest.raises(SystemExit) as exc:
+            main(["calibrate", "--model", str(folder), "--strategy", "magcache", *bad, "--out", str(out)])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
