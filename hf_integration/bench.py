@@ -940,10 +940,11 @@ def pareto(rows: list[Row], min_psnr: float = 30.0) -> dict[str, Any]:
     the other), by speedup. ``undominated``: the peer rows (other projects' caches and the fewer-steps rows) at or
     above ``min_psnr`` that no dynaccel row (a strategy or preset) matches or beats in both speed and PSNR — the
     settings a user would be right to pick over ours. A peer row identical to full compute (it skipped nothing) is
-    left out of that list. Speed is the measured wall-clock ratio, so rows within its noise can swap places between
+    left out of that list, and full compute itself counts as ours: a peer slower than no acceleration is no setting
+    to pick. Speed is the measured wall-clock ratio, so rows within its noise can swap places between
     runs."""
     frontier = sorted((r for r in rows if not any(_dominates(o, r) for o in rows)), key=lambda r: r.speedup)
-    ours = [r for r in rows if r.kind == "dynaccel"]
+    ours = [r for r in rows if r.kind in ("dynaccel", "full")]  # leaving acceleration off is always ours to offer
     # a peer row identical to full compute skipped nothing: its "speedup" is timing noise, not a setting to beat
     peers = [r for r in rows if r.kind in (*PEER_KINDS, "steps") and min_psnr <= r.psnr_db < math.inf]
     undominated = [r for r in peers

@@ -5,6 +5,12 @@
     python scripts/make_zoo_presets.py --model tiny-wan --last-step  # only the calibrator's last stage (below)
     python scripts/make_zoo_presets.py --model tiny-wan --min-psnr 40 --suffix 40db --strategies magcache
                                                                      # extra presets: cache-tiny-wan-magcache-40db.json
+    python scripts/make_zoo_presets.py --model tiny-wan --strategies seacache --ladder 30,35,40,45,50,55,60 \
+        --search order=0,1                                           # a quality ladder: -35db ... -60db beside the
+                                                                     # 30 dB preset, one joint search for all targets
+
+A ladder searches on six of the zoo's distillation fit prompts (calibrate.search_prompts) and checks each winner on
+its twelve held-out prompts (calibrate.check_prompts; recorded as provenance "checked", never used to choose).
 
 Each preset records its provenance (machine, date, prompts, measured speed and quality); a strategy whose target
 is unreachable is reported and skipped. ``--retime`` times every existing preset of the model against full compute
@@ -44,6 +50,10 @@ def main() -> None:
                     "it where the preset's target still holds (the threshold search does not depend on it)")
     ap.add_argument("--set", dest="fixed", action="append", default=[],
                     help="key=value held fixed while searching, e.g. --set order=2 (repeatable)")
+    ap.add_argument("--ladder", default="", help="comma-separated PSNR targets: one preset each (the lowest without "
+                    "a suffix, the others -<N>db), from one joint search on the zoo's search prompts")
+    ap.add_argument("--search", dest="searched", action="append", default=[],
+                    help="key=v1,v2: another option searched jointly (repeatable; with --ladder)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = bench.resolve_model(args.model)
@@ -55,6 +65,11 @@ def main() -> None:
         return
     if args.last_step:
         last_step(pipe, args.model, args.strategies.split(","), call)
+        return
+    if args.ladder:
+        for strategy in args.strategies.split(","):
+            ladder(pipe, args.model, strategy, [float(t) for t in args.ladder.split(",")], args.searched, args.fixed,
+                   seeds, call)
         return
     for strategy in args.strategies.split(","):
         fit = bench.default_prompts(args.model)[:2]
@@ -71,6 +86,34 @@ def main() -> None:
         written = calibrate.write_preset(result, PRESETS / f"cache-{result.preset.name}.json")
         m = result.preset.provenance["measured"]
         print(f"{strategy}: {result.chosen.label}: {m['speedup']:.2f}x at {m['psnr_db']:.2f} dB -> {written[-1].name}")
+
+
+def ladder(pipe, model: str, strategy: str, targets: list[float], searched: list[str], fixed: list[str],
+           seeds: list[int], call: dict) -> None:
+    """One preset per PSNR target from a single joint search (the memo measures each setting once)."""
+    search = {}
+    for item in searched:
+        key, _, values = item.partition("=")
+        search[key] = [bench.parse_setting(f"{strategy}:{key}={v}").config[key] for v in values.split(",")]
+    fit = bench.default_prompts(model)[:2]
+    prompts, checks = calibrate.search_prompts(model), calibrate.check_prompts(model)
+    memo: dict = {}
+    for i, target in enumerate(sorted(targets)):
+        name = f"{model}-{strategy}" + ("" if i == 0 else f"-{target:g}db")
+        t0 = time.time()
+        try:
+            result = calibrate.calibrate(pipe, model, strategy, fit, prompts, seeds, call, target, PRESETS,
+                                         progress=False, memo=memo, search=search, check_prompts=checks,
+                                         base_config=bench.parse_setting(f"{strategy}:{','.join(fixed)}").config,
+                                         name=name)
+        except bench.BenchError as exc:
+            print(f"{name}: skipped: {exc}", flush=True)
+            continue
+        written = calibrate.write_preset(result, PRESETS / f"cache-{name}.json")
+        m, c = result.preset.provenance["measured"], result.preset.provenance.get("checked", {})
+        print(f"{name}: {result.chosen.label}: {m['speedup']:.2f}x at {m['psnr_db']:.2f} dB on the search prompts, "
+              f"{c.get('psnr_db', float('nan')):.2f} dB on the held-out ({m['computed']} computed) -> "
+              f"{written[-1].name} [{time.time() - t0:.0f} s]", flush=True)
 
 
 def _model_presets(model: str, strategies: list[str]) -> dict[str, Path]:

@@ -170,7 +170,8 @@ def test_pareto_marks_the_frontier_and_the_peers_no_dynaccel_setting_dominates()
             _row("peer-better", "diffusers", 2.0, 44.0),  # nothing of ours is both this fast and this good
             _row("steps-better", "steps", 3.0, 31.0),  # faster than all of ours at >= 30 dB
             _row("peer-low", "diffusers", 4.0, 20.0),  # below the quality floor
-            _row("peer-identical", "cachedit", 1.05, math.inf)]  # skipped nothing: its speedup is noise
+            _row("peer-identical", "cachedit", 1.05, math.inf),  # skipped nothing: its speedup is noise
+            _row("peer-slow", "cachedit", 0.95, 70.0)]  # slower than full compute, which dominates it
     result = bench.pareto(rows, min_psnr=30.0)
     # full compute is dominated by the identical peer row that timed 5% faster; ties in both stay on the frontier
     assert result["frontier"] == ["peer-identical", "ours-good", "peer-better", "ours-fast", "peer-tied",
