@@ -101,9 +101,14 @@ class Setting:
     source: Any = field(default=None, repr=False, compare=False)  # that Preset, checked against the model
     spelled: dict[str, str] = field(default_factory=dict)  # options as the user wrote them (for the label)
     student: str = ""  # kind "student": the student as named (zoo name or folder); strategy/config: a setting on it
+    compiled: str = ""  # torch.compile backend the transformer runs under ("" not compiled): kind "full" or "dynaccel"
 
     @property
     def label(self) -> str:
+        if self.compiled:
+            backend = "" if self.compiled == "inductor" else f":{self.compiled}"
+            inner = dataclasses.replace(self, compiled="")
+            return f"compiled{backend}" + ("" if self.kind == "full" else f"+{inner.label}")
         if self.kind == "full":
             return "full compute"
         if self.kind == "steps":
@@ -161,6 +166,19 @@ def parse_setting(text: str) -> Setting:
     scheduler or a multistep solver) or ``full``."""
     if text == "full":
         return Setting("full")
+    if text == "compiled" or text.startswith(("compiled+", "compiled:")):
+        head, plus, inner = text.partition("+")
+        backend = head.partition(":")[2].strip() or "inductor"
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", backend):
+            raise ConfigError(f"setting {text!r}: backend {backend!r} is not a torch.compile backend name; example: "
+                              "compiled, compiled:aot_eager or compiled+preset:tiny-wan-magcache")
+        if not plus:
+            return Setting("full", compiled=backend)
+        setting = parse_setting(inner)
+        if setting.kind != "dynaccel" or setting.compiled:
+            raise ConfigError(f"setting {text!r}: after 'compiled+' comes a dynaccel strategy or preset, not "
+                              f"{inner!r}")
+        return dataclasses.replace(setting, compiled=backend)
     if text.startswith("steps:"):
         return parse_steps_setting(text)
     if text.startswith("student:"):
@@ -704,9 +722,49 @@ def run_bench(
                 _cachedit_disable(pipe)
             counter.remove()
 
+    def run_compiled(i: int, st: Setting) -> None:
+        """A compiled row, in one piece: installed and compiled once, two warm-up generations (compilation, then
+        every branch's and decision's graphs), then ``repeats`` timed rounds back to back. Re-installing per round,
+        as the round-robin does, would recompile each time (new hook objects fail dynamo's guards) and soon hit its
+        recompile limit, after which it silently runs eager."""
+        nonlocal counter
+        import torch._dynamo
+
+        bar.set_postfix_str(st.label)
+        den = _denoiser(pipe)
+        torch._dynamo.reset()
+        counter = _last_block_counter(pipe)
+        handle = None
+        try:
+            if st.kind == "dynaccel":
+                handle = pipe.enable_accel(st.strategy, **st.config)
+            den.compile(backend=st.compiled)
+            for _ in range(2):
+                generate(*jobs[0])
+            for r in range(repeats):
+                t0 = time.perf_counter()
+                outs, work = [], []
+                for p, sd in jobs:
+                    outs.append(generate(p, sd))
+                    if r == repeats - 1:
+                        work.append(_work_of(handle.stats if handle is not None else {}, counter))
+                times[i].append((time.perf_counter() - t0) / len(jobs))
+            outs_of[i], work_of[i] = outs, work
+            stats_of[i] = handle.stats if handle is not None else {}
+        finally:
+            den._compiled_call_impl = None  # what nn.Module.compile set: the module runs eager again
+            if handle is not None:
+                pipe.disable_accel()
+            counter.remove()
+            torch._dynamo.reset()
+
+    compiled = {i for i, st in enumerate(order) if st.compiled}
+    bar.total += len(compiled)  # their second warm-up generation
     dropped: set[int] = set()
     try:
         for i, st in enumerate(order):
+            if i in compiled:
+                continue
             try:
                 run_one(i, st, timed=False, last=False)
             except Exception as exc:  # a peer diffusers cannot run on this pipeline: report it, keep the others
@@ -720,8 +778,17 @@ def run_bench(
                 bar.update(1 + repeats * len(jobs))  # its warm-up and timed generations, none of which ran
         for r in range(repeats):
             for i, st in enumerate(order):
-                if i not in dropped:
+                if i not in dropped and i not in compiled:
                     run_one(i, st, timed=True, last=r == repeats - 1)
+        for i in sorted(compiled):
+            try:
+                run_compiled(i, order[i])
+            except Exception as exc:  # no compiler on this machine, a backend that fails: a note, the rest stands
+                if not_run is None:
+                    raise
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+                not_run.append({"setting": order[i].label, "error": why})
+                dropped.add(i)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -763,7 +830,8 @@ def run_bench(
         outs = outs_of[i]
         mse = torch.cat([((o - b) ** 2).flatten(-3).mean(-1).flatten() for o, b in zip(outs, base)])
         frame_ssim = torch.cat([ssim(o, b).flatten() for o, b in zip(outs, base)])
-        rows.append(Row(setting.label, setting.kind, t, base_t / t, computed, _psnr_of(float(mse.mean())),
+        kind = "compiled" if setting.compiled and setting.kind == "full" else setting.kind
+        rows.append(Row(setting.label, kind, t, base_t / t, computed, _psnr_of(float(mse.mean())),
                         _psnr_of(float(mse.max())), float(frame_ssim.mean()), _jsonable(stats), adherent(outs)))
     bar.close()
     return rows
@@ -1025,7 +1093,7 @@ def write_results(out_dir: Path, rows: list[Row], meta: dict[str, Any]) -> tuple
     def draw(ax):
         cap = max([r.psnr_db for r in rows if math.isfinite(r.psnr_db)] or [40.0]) + 5
         for kind, marker in (("dynaccel", "o"), ("diffusers", "s"), ("cachedit", "^"), ("student", "D"),
-                             ("full", "*")):
+                             ("compiled", "P"), ("full", "*")):
             pts = [r for r in rows if r.kind == kind]
             if not pts:
                 continue

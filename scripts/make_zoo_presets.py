@@ -98,6 +98,7 @@ def ladder(pipe, model: str, strategy: str, targets: list[float], searched: list
     fit = bench.default_prompts(model)[:2]
     prompts, checks = calibrate.search_prompts(model), calibrate.check_prompts(model)
     memo: dict = {}
+    kept: dict[str, str] = {}  # chosen setting -> the preset that has it (a higher target may pick the same one)
     for i, target in enumerate(sorted(targets)):
         name = f"{model}-{strategy}" + ("" if i == 0 else f"-{target:g}db")
         t0 = time.time()
@@ -109,6 +110,11 @@ def ladder(pipe, model: str, strategy: str, targets: list[float], searched: list
         except bench.BenchError as exc:
             print(f"{name}: skipped: {exc}", flush=True)
             continue
+        same = json.dumps({k: v for k, v in result.preset.config.items() if not k.endswith("_path")}, sort_keys=True)
+        if same in kept:
+            print(f"{name}: the setting of {kept[same]} already meets {target:g} dB; not written", flush=True)
+            continue
+        kept[same] = name
         written = calibrate.write_preset(result, PRESETS / f"cache-{name}.json")
         m, c = result.preset.provenance["measured"], result.preset.provenance.get("checked", {})
         print(f"{name}: {result.chosen.label}: {m['speedup']:.2f}x at {m['psnr_db']:.2f} dB on the search prompts, "

@@ -4,6 +4,7 @@ tiny-flux for a second architecture)."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -203,3 +204,29 @@ def test_peer_grid_and_pareto_are_refused_where_they_do_not_apply(tmp_path, caps
     assert exc.value.code == 2
     assert f"{flag} applies to diffusers pipelines" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_compiled_rows_time_the_compiled_transformer_alone_and_with_a_strategy(folder):
+    # aot_eager traces, guards and recompiles as inductor does, without its C++ code generation (fast for a test)
+    pipe = bench.load_pipeline(folder)
+    texts = ["compiled:aot_eager", "compiled:aot_eager+fbcache:threshold=0.5", "fbcache:threshold=0.5"]
+    settings = [bench.parse_setting(t) for t in texts]
+    assert [s.label for s in settings] == texts and settings[0].kind == "full" and settings[1].kind == "dynaccel"
+    before = _generate(pipe, CALL)
+    rows = bench.run_bench(pipe, settings, [PROMPT], [0], CALL, repeats=1, progress=False)
+    by = {r.label: r for r in rows}
+    assert by["compiled:aot_eager"].kind == "compiled" and by["compiled:aot_eager"].psnr_db > 60  # same model
+    both, eager = by["compiled:aot_eager+fbcache:threshold=0.5"], by["fbcache:threshold=0.5"]
+    assert both.kind == "dynaccel" and both.computed == eager.computed  # compiling changes no decision
+    assert abs(both.psnr_db - eager.psnr_db) < 1.0
+    assert getattr(pipe.transformer, "_compiled_call_impl", None) is None  # eager again afterwards
+    assert torch.equal(_generate(pipe, CALL), before)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("compiled+diffusers:fbcache", "after 'compiled+' comes a dynaccel strategy or preset"),
+    ("compiled:no such+fbcache", "is not a torch.compile backend name"),
+])
+def test_bad_compiled_settings_name_what_is_accepted(text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        bench.parse_setting(text)
