@@ -216,6 +216,17 @@ class TaylorForecast:
         return data["forecast"]
 
 
+    @staticmethod
+    def residuals(p: Pass, order: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """What a skipped pass adds for a policy with an ``order`` option: the forecast hidden-states residual
+        once two computed steps give a slope (order >= 1), else the last computed one; the text residual as
+        computed."""
+        data = p.branch.data
+        if not order or not TaylorForecast.ready(p, 1):
+            return data.get("res_hs"), data.get("res_enc")
+        return TaylorForecast.forecast(p, order), data.get("res_enc")
+
+
 def all_below(values: torch.Tensor, threshold: float) -> bool:
     """True when every sample's value is below ``threshold``: the one host read a data-driven skip needs."""
     return threshold > 0 and bool((values < threshold).all())

@@ -105,9 +105,7 @@ class _MagCachePolicy(calibration.CalibratedPolicy, CachePolicy):
 
 
     def residuals(self, p: Pass):
-        if not self.config.order or not TaylorForecast.ready(p, 1):
-            return super().residuals(p)
-        return TaylorForecast.forecast(p, self.config.order), p.branch.data.get("res_enc")
+        return TaylorForecast.residuals(p, self.config.order)
 
 
 class MagCache(CacheStrategy):

@@ -107,9 +107,7 @@ class _SeaCachePolicy(CachePolicy):
         p.branch.data["acc"] = None
 
     def residuals(self, p: Pass):
-        if not self.config.order or not TaylorForecast.ready(p, 1):
-            return super().residuals(p)
-        return TaylorForecast.forecast(p, self.config.order), p.branch.data.get("res_enc")
+        return TaylorForecast.residuals(p, self.config.order)
 
 
 class SeaCache(CacheStrategy):
